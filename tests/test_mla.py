@@ -1,0 +1,86 @@
+"""MLA backends agree; streaming through the cache equals the one-forward training form."""
+
+import pytest
+import torch
+
+from videomla_app.cache import make_cache
+from videomla_app.config import CacheConfig, get_preset
+from videomla_app.model import build_model
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _wrapped_cache_step(model, p, frames=13):
+    cache = make_cache(p.model, p.cache)
+    for t in cache.tensors.values():
+        t.copy_(torch.randn(t.shape))
+    C = p.cache.chunk_frames
+    for f0 in range(0, frames - frames % C, C):
+        cache.commit(cache.plan(f0, C))
+    step = cache.plan(cache.committed, C)
+    return cache, step
+
+
+def test_backends_agree_on_a_wrapped_ring_with_sink():
+    torch.manual_seed(0)
+    p = get_preset("test-mla").with_(cache=CacheConfig(sink_frames=2, window_frames=3, chunk_frames=2))
+    model = build_model(p.model, seed=1)
+    attn = model.blocks[0].self_attn
+    x = torch.randn(1, 2 * p.model.tokens_per_frame, p.model.dim)
+    outs = {}
+    cache, step = _wrapped_cache_step(model, p)
+    assert step.key_frames[:2] == (0, 1) and min(step.key_frames[2:]) > 2  # sink + slid window
+    for b in ("reference", "naive", "absorb", "auto"):
+        attn.backend = b
+        with torch.no_grad():
+            outs[b] = attn(x, model.attn_inputs(step, cache))
+    for b in ("naive", "absorb", "auto"):
+        assert _rel(outs[b], outs["reference"]) <= 1e-5, b
+
+
+def test_absorbed_weights_follow_weight_changes():
+    p = get_preset("test-mla")
+    attn = build_model(p.model, seed=0).blocks[0].self_attn
+    A1, _ = attn.absorbed()
+    with torch.no_grad():
+        attn.w_uk.weight.mul_(2)
+    A2, _ = attn.absorbed()
+    torch.testing.assert_close(A2, 2 * A1)
+
+
+@pytest.mark.parametrize("name,backend", [("test-mla", "reference"), ("test-mla", "naive"), ("test-mla", "absorb"),
+                                          ("test-mla", "auto"), ("test-mha", "sdpa")])
+@pytest.mark.parametrize("geometry", [(1, 2, 2), (2, 3, 2), (0, 4, 2)])
+def test_streaming_equals_training_form(name, backend, geometry):
+    """Chunk by chunk through the cache == one forward with the chunk-causal sink/window mask,
+    with the window wrapping several times (14 frames through a 4-5 frame ring)."""
+    S, W, C = geometry
+    p = get_preset(name).with_(cache=CacheConfig(S, W, C))
+    model = build_model(p.model, seed=0)
+    model.set_attn_backend(backend)
+    g = torch.Generator().manual_seed(1)
+    n = 14
+    x = torch.randn(1, n, p.model.latent_channels, *p.model.latent_hw, generator=g)
+    t = torch.rand(1, n, generator=g) * 1000
+    text = model.encode_text(torch.randn(1, p.text_len, p.model.text_dim, generator=g))
+    with torch.no_grad():
+        full = model.forward_train(x, t, text, p.cache)
+        cache, outs = make_cache(p.model, p.cache), []
+        for f0 in range(0, n, C):
+            step = cache.plan(f0, min(C, n - f0))
+            outs.append(model(x[:, f0:f0 + step.n], t[:, f0:f0 + step.n], text, cache, step))
+            cache.commit(step)
+    assert _rel(torch.cat(outs, 1), full) < 1e-5
+
+
+def test_training_form_mask_shape_and_sink_copies():
+    p = get_preset("test-mla").with_(cache=CacheConfig(1, 2, 2))
+    model = build_model(p.model, seed=0)
+    a = model.train_inputs(8, p.cache)
+    P = p.model.tokens_per_frame
+    # chunks 0..3; windows slide from chunk 2 on -> 2 chunks get a private copy of the sink frame
+    assert a.mask.shape == (8 * P, (8 + 2) * P)
+    assert not a.mask[6 * P, :P].any() and a.mask[6 * P, 8 * P + P:].all()  # chunk 3 sees its sink copy
+    assert a.mask[0, :2 * P].all() and not a.mask[0, 2 * P:8 * P].any()  # chunk 0 sees only itself

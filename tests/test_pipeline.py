@@ -1,0 +1,142 @@
+"""The streaming generator: determinism, exact continuation, timelines, flat memory."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_pipeline
+from videomla_app.memory import rss_bytes
+from videomla_app.pipeline import PromptSegment, Timeline
+from videomla_app.session import load_session, read_session_meta, save_session
+
+TL = Timeline((PromptSegment(0.0, "a red ball bouncing"), PromptSegment(1.0, "a blue cube drifting")))
+
+
+def _frames(events):
+    return np.concatenate([e.frames for e in events])
+
+
+def test_events_cover_the_requested_chunks():
+    pipe = tiny_pipeline()
+    ev = list(pipe.stream("a red ball", 4, seed=1))
+    assert [e.index for e in ev] == [0, 1, 2, 3] and all(e.total == 4 for e in ev)
+    assert [e.first_frame for e in ev] == [0, 2, 4, 6]
+    assert ev[0].frames.shape == (2, 32, 32, 3) and ev[0].frames.dtype == np.uint8
+    assert ev[-1].seconds == pytest.approx(8 / 8)
+    m = ev[-1].memory
+    assert m.cache_bytes == sum(t.nbytes for t in pipe.new_state(0).cache.tensors.values())
+    assert m.dense_equivalent_bytes > m.cache_bytes and m.rss_bytes > 0
+    assert set(ev[0].timings) >= {"denoise_s", "cache_write_s", "decode_s"}
+
+
+def test_same_seed_same_video_other_seed_differs():
+    a = _frames(tiny_pipeline().stream("a red ball", 5, seed=7))
+    b = _frames(tiny_pipeline().stream("a red ball", 5, seed=7))
+    c = _frames(tiny_pipeline().stream("a red ball", 5, seed=8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_timeline_switches_at_chunk_boundaries():
+    ev = list(tiny_pipeline().stream(TL, 8, seed=0))
+    assert [e.prompt_index for e in ev] == [0, 0, 0, 0, 1, 1, 1, 1]  # 1.0 s = frame 8 at 8 fps
+    assert [e.switched for e in ev].count(True) == 1
+    one = _frames(tiny_pipeline().stream("a red ball bouncing", 8, seed=0))
+    two = _frames(ev)
+    assert np.array_equal(one[:8], two[:8]) and not np.array_equal(one[8:], two[8:])
+
+
+def test_recache_changes_the_continuation_after_a_switch():
+    plain = _frames(tiny_pipeline().stream(TL, 8, seed=0))
+    recached = _frames(tiny_pipeline(recache=True).stream(TL, 8, seed=0))
+    assert np.array_equal(plain[:8], recached[:8]) and not np.array_equal(plain[8:], recached[8:])
+
+
+def test_timeline_validation():
+    with pytest.raises(ValueError, match="increase"):
+        Timeline((PromptSegment(0, "a"), PromptSegment(5, "b"), PromptSegment(3, "c")))
+    with pytest.raises(ValueError, match="0:00"):
+        Timeline((PromptSegment(1, "a"),))
+    with pytest.raises(ValueError, match="empty"):
+        Timeline.single("  ")
+
+
+def test_chunks_for_seconds():
+    pipe = tiny_pipeline()  # 8 fps, 2-frame chunks, temporal stride 1
+    assert pipe.chunks_for_seconds(1.0) == 4 and pipe.chunks_for_seconds(1.1) == 5
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            pipe.chunks_for_seconds(bad)
+
+
+@pytest.mark.parametrize("recache", [False, True])
+def test_save_restore_continues_exactly(tmp_path, recache):
+    ref = _frames(tiny_pipeline(recache=recache).stream(TL, 8, seed=3))
+    pipe = tiny_pipeline(recache=recache)
+    state = pipe.new_state(3)
+    first = list(pipe.stream(TL, 3, state=state))
+    save_session(tmp_path / "s.safetensors", pipe, state, TL, {"note": "x"})
+    pipe2 = tiny_pipeline(recache=recache)
+    state2, tl2, extra = load_session(tmp_path / "s.safetensors", pipe2)
+    assert tl2 == TL and extra == {"note": "x"} and state2.frame == 6
+    rest = list(pipe2.stream(tl2, 5, state=state2))
+    assert [e.index for e in rest] == [3, 4, 5, 6, 7]
+    assert np.array_equal(ref, _frames(first + rest))
+
+
+def test_restore_in_a_new_process_is_bit_identical(tmp_path):
+    ref = _frames(tiny_pipeline().stream(TL, 7, seed=5))
+    pipe = tiny_pipeline()
+    state = pipe.new_state(5)
+    first = _frames(pipe.stream(TL, 3, state=state))
+    save_session(tmp_path / "s.safetensors", pipe, state, TL)
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from helpers import tiny_pipeline
+        from videomla_app.session import load_session
+        pipe = tiny_pipeline()
+        state, tl, _ = load_session({str(tmp_path / 's.safetensors')!r}, pipe)
+        np.save({str(tmp_path / 'rest.npy')!r}, np.concatenate([e.frames for e in pipe.stream(tl, 4, state=state)]))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert np.array_equal(ref, np.concatenate([first, np.load(tmp_path / "rest.npy")]))
+
+
+def test_session_files_are_checked(tmp_path):
+    pipe = tiny_pipeline()
+    state = pipe.new_state(0)
+    list(pipe.stream("a", 1, state=state))
+    save_session(tmp_path / "s.safetensors", pipe, state, Timeline.single("a"))
+    with pytest.raises(ValueError, match="belongs to model 'test-mla'"):
+        load_session(tmp_path / "s.safetensors", tiny_pipeline("test-mha"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a session")
+    with pytest.raises(ValueError, match="not a readable session"):
+        read_session_meta(tmp_path / "junk.safetensors")
+    assert not list(tmp_path.glob(".session-*"))  # atomic write left no temporary file
+
+
+def test_memory_is_flat_over_200_chunks():
+    pipe = tiny_pipeline(recache=True)
+    tl = Timeline(tuple(PromptSegment(float(10 * i), f"prompt {i % 3}") for i in range(6)))
+    rss = {}
+    for e in pipe.stream(tl, 200, seed=0):
+        if e.index in (19, 199):
+            rss[e.index] = rss_bytes()
+            cache = e.memory.cache_bytes
+    assert rss[199] <= rss[19] * 1.05, rss
+    assert cache == e.memory.cache_bytes
+
+
+def test_dense_baseline_runs_through_the_same_pipeline():
+    ev = list(tiny_pipeline("test-mha").stream(TL, 3, seed=0))
+    assert len(ev) == 3 and ev[0].memory.cache_bytes == ev[0].memory.dense_equivalent_bytes
+
+
+def test_bfloat16_pipeline_is_deterministic():
+    a = _frames(tiny_pipeline(dtype=torch.bfloat16).stream("x", 3, seed=1))
+    b = _frames(tiny_pipeline(dtype=torch.bfloat16).stream("x", 3, seed=1))
+    assert np.array_equal(a, b)

@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from videomla_app.config import SamplerConfig
+from videomla_app.scheduler import FlowSampler
+
+
+def test_warped_steps_match_self_forcing():
+    s = FlowSampler(SamplerConfig())
+    assert s.timesteps == pytest.approx([1000.0, 937.5, 833.3333, 625.0], abs=1e-3)
+
+
+def test_unwarped_steps_are_the_list():
+    assert FlowSampler(SamplerConfig(warp=False)).timesteps == [1000.0, 750.0, 500.0, 250.0]
+
+
+def test_noise_and_x0_round_trip():
+    s = FlowSampler(SamplerConfig())
+    x0, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    for t in s.timesteps:
+        xt = s.add_noise(x0, eps, t)
+        flow = s.flow_target(x0, eps)
+        torch.testing.assert_close(s.x0_from_flow(xt, flow, t), x0)
+        torch.testing.assert_close(s.flow_from_x0(xt, x0, t), flow)
+    torch.testing.assert_close(s.add_noise(x0, eps, 1000.0), eps)
+
+
+def test_bad_step_lists_are_rejected():
+    for steps in [(500, 750), (0,), (1200, 500)]:
+        with pytest.raises(ValueError):
+            FlowSampler(SamplerConfig(steps=steps))

@@ -1,0 +1,130 @@
+"""The ``videomla`` command line (Typer + Rich). Commands only parse options and render results;
+the work happens in the library modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import PRESETS, get_preset
+
+app = typer.Typer(name="videomla", help="Minute-long video generation with a latent (MLA) KV cache.",
+                  rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]},
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line on stderr, exit code 2."""
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model preset to describe.")] = "videomla-1.3b",
+    dtype: Annotated[str, typer.Option(help="Cache dtype: bfloat16, float16 or float32.")] = "bfloat16",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show the model config and its KV-cache budget (MLA vs dense), read from allocated tensors.
+
+    [b]Examples[/b]
+      videomla info
+      videomla info --model self-forcing-1.3b --json
+    """
+    import torch
+
+    from .budget import cache_budget
+    from .memory import fmt_bytes
+
+    try:
+        preset = get_preset(model)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise UsageError(f"unknown dtype {dtype!r}: use bfloat16, float16 or float32")
+    b = cache_budget(preset, getattr(torch, dtype))
+    report = {"version": __version__, "python": platform.python_version(), "torch": torch.__version__,
+              "cuda": torch.cuda.is_available(), "model": model, "description": preset.description,
+              "config": {"dim": preset.model.dim, "heads": preset.model.n_heads, "layers": preset.model.n_layers,
+                         "head_dim": preset.model.head_dim, "ffn_dim": preset.model.ffn_dim,
+                         "attn": preset.model.attn,
+                         "mla": None if preset.model.mla is None else preset.model.mla.__dict__,
+                         "tokens_per_frame": preset.model.tokens_per_frame,
+                         "steps": list(preset.sampler.steps), "shift": preset.sampler.shift},
+              "cache": b.as_dict()}
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    t = Table(title=f"{model}: {preset.description}", show_header=True)
+    t.add_column("cache budget")
+    t.add_column("this model", justify="right")
+    t.add_column("dense MHA, same window", justify="right")
+    t.add_row("scalars / token / layer", str(b.scalars_per_token_per_layer), str(b.dense_scalars_per_token_per_layer))
+    t.add_row(f"bytes / token / layer ({b.dtype})", str(b.bytes_per_token_per_layer),
+              str(b.dense_bytes_per_token_per_layer))
+    t.add_row(f"window: {b.sink_frames} sink + {b.window_frames} + {b.chunk_frames} chunk frames "
+              f"= {b.cache_tokens:,} tokens, one layer",
+              fmt_bytes(b.window_bytes_per_layer), fmt_bytes(b.window_bytes_per_layer * b.dense_total_bytes
+                                                          // b.total_bytes))
+    t.add_row(f"all {b.layers} layers", fmt_bytes(b.total_bytes), fmt_bytes(b.dense_total_bytes))
+    t.add_row("reduction", f"{100 * b.reduction:.1f} %", f"{b.dense_total_bytes / b.total_bytes:.1f}x larger")
+    out.print(t)
+    out.print("The cache is a fixed window: its size does not grow with video length.")
+
+
+@app.command()
+def models() -> None:
+    """List the model presets this version knows."""
+    t = Table("name", "attention", "description")
+    for name, p in PRESETS.items():
+        t.add_row(name, p.model.attn, p.description)
+    out.print(t)
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Fewer repetitions.")] = False,
+    as_json: Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+) -> None:
+    """Time one chunk forward for MHA, MLA-naive, MLA-absorb and MLA-auto on this machine (ratios)."""
+    from .bench import main as bench_main
+
+    bench_main(quick=quick, json_path=as_json)
+
+
+def main() -> None:
+    """Console entry point: bad input becomes one line on stderr, never a traceback."""
+    debug = "--debug" in sys.argv or os.environ.get("VIDEOMLA_DEBUG") == "1"
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    try:
+        app(standalone_mode=False)
+    except UsageError as e:
+        err.print(f"[red]error:[/red] {e}")
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as e:
+        sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors and runtime failures
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if debug:
+            raise
+        err.print(f"[red]error:[/red] {e}")
+        sys.exit(1)

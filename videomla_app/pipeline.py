@@ -1,0 +1,231 @@
+"""The one streaming generator every front end renders: :meth:`StreamingPipeline.stream`.
+
+Per chunk of latent frames (Self-Forcing's loop, PAPER §7):
+
+1. pick the prompt of the timeline segment the chunk starts in (text K/V cached per prompt);
+   on a switch, optionally re-cache the window under the new prompt (LongLive);
+2. start from seeded noise and run the few denoising steps, each reading the rolling cache;
+3. run the cache-write pass on the denoised chunk at ``context_noise`` so the cache holds clean keys;
+4. decode the chunk through the streaming VAE decoder and yield an event with the frames.
+
+One ``torch.Generator`` (on the CPU, so the noise is identical on every device) drives a run;
+its state, the cache, the decoder state and the kept latents form the :class:`GenerationState`
+that continues a run exactly (see ``session.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .cache import RollingKVCache, TextKVCache, make_cache
+from .config import Preset
+from .encoders import StreamDecoder, TextEncoder, VideoVAE, pixel_frames
+from .memory import MemoryReadout, read_memory
+from .model import CausalDiT
+from .scheduler import FlowSampler
+
+
+@dataclass(frozen=True)
+class PromptSegment:
+    start_s: float
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Prompts switched over time. A plain prompt is a one-segment timeline starting at 0 s."""
+
+    segments: tuple[PromptSegment, ...]
+
+    def __post_init__(self) -> None:
+        if not self.segments:
+            raise ValueError("a timeline needs at least one prompt")
+        if self.segments[0].start_s != 0:
+            raise ValueError("the first prompt of a timeline must start at 0:00")
+        for a, b in zip(self.segments, self.segments[1:]):
+            if b.start_s <= a.start_s:
+                raise ValueError(f"timeline times must increase: {a.start_s:g}s then {b.start_s:g}s")
+        for s in self.segments:
+            if not s.prompt.strip():
+                raise ValueError("empty prompt in timeline")
+
+    @classmethod
+    def single(cls, prompt: str) -> "Timeline":
+        return cls((PromptSegment(0.0, prompt),))
+
+    def index_at(self, t_s: float) -> int:
+        """Segment in force at time ``t_s`` (switches land on chunk boundaries at or after it)."""
+        return max(i for i, s in enumerate(self.segments) if s.start_s <= t_s + 1e-9)
+
+
+@dataclass
+class GenerationState:
+    """Everything needed to continue a run exactly."""
+
+    cache: RollingKVCache
+    rng: torch.Generator
+    decoder: StreamDecoder
+    frame: int = 0  # next latent frame to generate
+    chunk: int = 0
+    prompt_index: int = -1
+    sink_latents: torch.Tensor | None = None  # clean latents of the sink frames [B, <=S, C, h, w]
+    window_latents: torch.Tensor | None = None  # clean latents of the last W frames
+
+
+@dataclass
+class ChunkEvent:
+    """One finished chunk, as yielded by :meth:`StreamingPipeline.stream`."""
+
+    index: int  # chunk number in the run (0-based, continues across resumes)
+    total: int  # chunks this call will produce in all (index + remaining)
+    first_frame: int  # first latent frame of the chunk
+    latents: torch.Tensor  # [B, n, C, h, w] denoised latents (CPU, fp32)
+    frames: np.ndarray  # uint8 [n_pix, H, W, 3] decoded pixels of the chunk (batch item 0)
+    prompt: str
+    prompt_index: int
+    switched: bool  # the prompt changed at this chunk
+    seconds: float  # video time at the end of the chunk
+    timings: dict[str, float] = field(default_factory=dict)
+    memory: MemoryReadout | None = None
+
+
+class StreamingPipeline:
+    """Generates a video chunk by chunk with a causal DiT and a rolling KV cache."""
+
+    def __init__(self, preset: Preset, model: CausalDiT, text_encoder: TextEncoder, vae: VideoVAE, *,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 recache: bool = False, batch: int = 1) -> None:
+        self.preset, self.model, self.text_encoder, self.vae = preset, model, text_encoder, vae
+        self.device, self.dtype, self.recache, self.batch = torch.device(device), dtype, recache, batch
+        self.sampler = FlowSampler(preset.sampler)
+        self.C = preset.cache.chunk_frames
+        self._text: dict[str, TextKVCache] = {}
+
+    # -- time geometry --------------------------------------------------------------------------
+    def frame_time(self, frame: int) -> float:
+        """Video time (s) at which latent frame ``frame`` starts."""
+        return pixel_frames(frame, self.vae.temporal_stride) / self.preset.video.fps
+
+    def chunks_for_seconds(self, seconds: float) -> int:
+        """Whole chunks needed for at least ``seconds`` of video."""
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"duration must be a positive number of seconds, got {seconds}")
+        target = math.ceil(seconds * self.preset.video.fps - 1e-9)
+        ts = self.vae.temporal_stride
+        latents = target if ts == 1 else 1 + math.ceil(max(target - 1, 0) / ts)
+        return math.ceil(latents / self.C)
+
+    # -- state ----------------------------------------------------------------------------------
+    def new_state(self, seed: int) -> GenerationState:
+        cache = make_cache(self.model.cfg, self.preset.cache, self.batch, self.device, self.dtype)
+        return GenerationState(cache, torch.Generator().manual_seed(seed), self.vae.decoder())
+
+    def text_cache(self, prompt: str) -> TextKVCache:
+        """Cross-attention K/V for a prompt, computed once per prompt per pipeline."""
+        if prompt not in self._text:
+            with torch.no_grad():
+                ctx = self.text_encoder.encode([prompt] * self.batch).to(self.device, self.dtype)
+                self._text[prompt] = self.model.encode_text(ctx)
+            self._text[prompt].key = prompt
+        return self._text[prompt]
+
+    def _noise(self, state: GenerationState, n: int) -> torch.Tensor:
+        m = self.model.cfg
+        x = torch.randn(self.batch, n, m.latent_channels, *m.latent_hw, generator=state.rng)
+        return x.to(self.device, self.dtype)
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def stream(self, timeline: Timeline | str, n_chunks: int, *, state: GenerationState | None = None,
+               seed: int = 0, stop: Callable[[], bool] | None = None) -> Iterator[ChunkEvent]:
+        """Yield one :class:`ChunkEvent` per generated chunk; ``stop()`` is checked between chunks."""
+        timeline = Timeline.single(timeline) if isinstance(timeline, str) else timeline
+        state = state or self.new_state(seed)
+        ts, s = self.sampler.timesteps, self.sampler
+        first = state.chunk
+        for _ in range(n_chunks):
+            if stop is not None and stop():
+                return
+            f0, t_start = state.frame, time.perf_counter()
+            idx = timeline.index_at(self.frame_time(f0))
+            prompt = timeline.segments[idx].prompt
+            text = self.text_cache(prompt)
+            switched = state.prompt_index >= 0 and idx != state.prompt_index
+            if switched and self.recache:
+                self._recache(state, text)
+            state.prompt_index = idx
+            # 1. denoise the chunk, reading the cache at every step
+            step = state.cache.plan(f0, self.C)
+            inputs = self.model.attn_inputs(step, state.cache)
+            x = self._noise(state, self.C)
+            for i, t in enumerate(ts):
+                x0 = s.x0_from_flow(x, self.model(x, t, text, state.cache, step, inputs), t)
+                if i + 1 < len(ts):
+                    x = s.add_noise(x0, self._noise(state, self.C), ts[i + 1])
+            t_denoise = self._clock()
+            # 2. cache-write pass: the clean chunk's keys become context
+            self._write_context(state, x0, text, step, inputs)
+            t_write = self._clock()
+            # 3. decode
+            frames = state.decoder.decode(x0[:1])
+            t_decode = self._clock()
+            yield ChunkEvent(
+                index=state.chunk - 1, total=first + n_chunks, first_frame=f0, latents=x0.float().cpu(),
+                frames=frames, prompt=prompt, prompt_index=idx, switched=switched,
+                seconds=self.frame_time(state.frame),
+                timings={"denoise_s": t_denoise - t_start, "cache_write_s": t_write - t_denoise,
+                         "decode_s": t_decode - t_write, "total_s": t_decode - t_start},
+                memory=read_memory(state.cache, text))
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _write_context(self, state: GenerationState, x0: torch.Tensor, text: TextKVCache, step, inputs,
+                       commit_latents: bool = True) -> None:
+        """Run the chunk at ``context_noise`` so the cache keeps its clean keys, then commit."""
+        tc = self.preset.sampler.context_noise
+        x_ctx = x0 if tc == 0 else self.sampler.add_noise(x0, self._noise(state, x0.shape[1]), tc)
+        self.model(x_ctx, tc, text, state.cache, step, inputs or self.model.attn_inputs(step, state.cache))
+        state.cache.commit(step)
+        if commit_latents:
+            self._keep_latents(state, step.f0, x0)
+            state.frame, state.chunk = step.f0 + step.n, state.chunk + 1
+
+    def _keep_latents(self, state: GenerationState, f0: int, x0: torch.Tensor) -> None:
+        """Remember the clean latents still in the cache (sink + window), for re-caching."""
+        S, W = self.preset.cache.sink_frames, self.preset.cache.window_frames
+        n_sink = max(0, min(S - f0, x0.shape[1]))
+        if n_sink:
+            sink = x0[:, :n_sink].float().cpu()
+            state.sink_latents = sink if state.sink_latents is None else torch.cat([state.sink_latents, sink], 1)
+        rest = x0[:, n_sink:].float().cpu()
+        win = rest if state.window_latents is None else torch.cat([state.window_latents, rest], 1)
+        state.window_latents = win[:, win.shape[1] - min(W, win.shape[1]):]
+
+    def _recache(self, state: GenerationState, text: TextKVCache) -> None:
+        """LongLive-style re-cache: replay the kept frames through the cache-write pass under the
+        new prompt, so the window's keys reflect it (without it the old prompt lingers)."""
+        S, W, C = self.preset.cache.sink_frames, self.preset.cache.window_frames, self.C
+        f0, cache = state.frame, state.cache
+        cache.reset()
+        replay = lambda g0, lat: self._write_context(  # noqa: E731
+            state, lat.to(self.device, self.dtype), text, cache.plan(g0, lat.shape[1]), None, commit_latents=False)
+        sink = state.sink_latents
+        for g in range(0, 0 if sink is None else sink.shape[1], C):
+            replay(g, sink[:, g:g + C])
+        win = state.window_latents
+        if win is not None and win.shape[1]:
+            first_window = max(S, f0 - W)
+            cache.rebase(first_window)
+            for g in range(0, win.shape[1], C):
+                replay(first_window + g, win[:, g:g + C])
+        if cache.committed != f0:
+            cache.rebase(f0)
