@@ -84,3 +84,29 @@ def test_training_form_mask_shape_and_sink_copies():
     assert a.mask.shape == (8 * P, (8 + 2) * P)
     assert not a.mask[6 * P, :P].any() and a.mask[6 * P, 8 * P + P:].all()  # chunk 3 sees its sink copy
     assert a.mask[0, :2 * P].all() and not a.mask[0, 2 * P:8 * P].any()  # chunk 0 sees only itself
+
+
+@pytest.mark.parametrize("name,backend", [("test-mla", "naive"), ("test-mla", "absorb"), ("test-mha", "sdpa")])
+def test_teacher_forcing_form_equals_denoise_then_cache_write(name, backend):
+    """[clean | noisy] in one forward == per chunk: a denoising step on the noisy chunk against the
+    clean cache, then the cache-write pass on the clean chunk (what inference does)."""
+    p = get_preset(name).with_(cache=CacheConfig(1, 2, 2))
+    model = build_model(p.model, seed=3)
+    model.set_attn_backend(backend)
+    g = torch.Generator().manual_seed(2)
+    n, C = 10, 2
+    clean = torch.randn(1, n, p.model.latent_channels, *p.model.latent_hw, generator=g)
+    noisy = torch.randn(1, n, p.model.latent_channels, *p.model.latent_hw, generator=g)
+    t = torch.rand(1, n, generator=g) * 1000
+    t_all = torch.cat([torch.zeros(1, n), t], 1)
+    text = model.encode_text(torch.randn(1, p.text_len, p.model.text_dim, generator=g))
+    with torch.no_grad():
+        full = model.forward_train(torch.cat([clean, noisy], 1), t_all, text, p.cache, teacher_forcing=True)
+        cache, den, ctx = make_cache(p.model, p.cache), [], []
+        for f0 in range(0, n, C):
+            step = cache.plan(f0, C)
+            den.append(model(noisy[:, f0:f0 + C], t[:, f0:f0 + C], text, cache, step))
+            ctx.append(model(clean[:, f0:f0 + C], 0.0, text, cache, step))
+            cache.commit(step)
+    assert _rel(torch.cat(den, 1), full[:, n:]) < 1e-5
+    assert _rel(torch.cat(ctx, 1), full[:, :n]) < 1e-5

@@ -218,8 +218,9 @@ class MLAttention(nn.Module):
         return torch.einsum("bnhc,hdc->bnd", o_lat, Bm) + self.o.bias  # Eq. 11, summed over heads
 
 
-class MHAttention(nn.Module):
-    """Dense Wan / Self-Forcing self-attention: q, k, v, o with bias, RMSNorm on q and k, full RoPE."""
+class WanProjections(nn.Module):
+    """Wan's attention weights: q, k, v, o (with bias) and RMSNorm over the full width of q and k.
+    Shared by dense self-attention and text cross-attention (same checkpoint names)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -227,6 +228,13 @@ class MHAttention(nn.Module):
         self.H, self.dh = cfg.n_heads, cfg.head_dim
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(d, cfg.eps), RMSNorm(d, cfg.eps)
+
+
+class MHAttention(WanProjections):
+    """Dense Wan / Self-Forcing self-attention: full-head 3D RoPE on q and k, per-head K/V cache."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
         self.backend = "sdpa"
 
     def forward(self, x: torch.Tensor, a: AttnInputs) -> torch.Tensor:

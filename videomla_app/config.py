@@ -169,39 +169,34 @@ PRESETS: dict[str, Preset] = {
         "self-forcing-1.3b", replace(_WAN_13B, attn="mha", mla=None),
         CacheConfig(sink_frames=0, window_frames=18, chunk_frames=3),
         description="Self-Forcing dense baseline (per-head K/V, 21-latent-frame cache)"),
-    # Small configs that run the same classes on a CPU in tests and benchmarks.
-    "test-mla": Preset(
-        "test-mla",
-        ModelConfig(dim=64, n_heads=2, n_layers=2, ffn_dim=128, freq_dim=32, text_dim=32,
-                    latent_channels=4, latent_hw=(4, 4), mla=MLAConfig(d_c=24, d_q=32, d_nope=16,
-                                                                       d_rope=16, rope_pairs=(4, 2, 2))),
-        CacheConfig(sink_frames=1, window_frames=2, chunk_frames=2),
-        SamplerConfig(steps=(1000, 500)), VideoConfig(height=32, width=32, fps=8, temporal_stride=1),
-        text_len=8, description="tiny MLA config for tests"),
-    "test-mha": Preset(
-        "test-mha",
-        ModelConfig(dim=64, n_heads=2, n_layers=2, ffn_dim=128, freq_dim=32, text_dim=32,
-                    latent_channels=4, latent_hw=(4, 4), attn="mha", mla=None),
-        CacheConfig(sink_frames=1, window_frames=2, chunk_frames=2),
-        SamplerConfig(steps=(1000, 500)), VideoConfig(height=32, width=32, fps=8, temporal_stride=1),
-        text_len=8, description="tiny dense twin of test-mla"),
-    # Size class of the embedded CPU model (final size settled by the embedded-model issue).
-    "small-mla": Preset(
-        "small-mla",
-        ModelConfig(dim=256, n_heads=4, n_layers=6, ffn_dim=1024, freq_dim=64, text_dim=384,
-                    latent_channels=16, latent_hw=(16, 16),
-                    mla=MLAConfig(d_c=64, d_q=128, d_nope=48, d_rope=16, rope_pairs=(4, 2, 2))),
-        CacheConfig(sink_frames=1, window_frames=6, chunk_frames=3),
-        VideoConfig(height=128, width=128, fps=16, temporal_stride=1),
-        text_len=16, description="embedded-size MLA config"),
-    "small-mha": Preset(
-        "small-mha",
-        ModelConfig(dim=256, n_heads=4, n_layers=6, ffn_dim=1024, freq_dim=64, text_dim=384,
-                    latent_channels=16, latent_hw=(16, 16), attn="mha", mla=None),
-        CacheConfig(sink_frames=1, window_frames=6, chunk_frames=3),
-        VideoConfig(height=128, width=128, fps=16, temporal_stride=1),
-        text_len=16, description="embedded-size dense twin"),
 }
+
+
+def _dense_twin(p: Preset, name: str, description: str) -> Preset:
+    """The same backbone and geometry with dense per-head K/V instead of MLA."""
+    return replace(p, name=name, model=replace(p.model, attn="mha", mla=None), description=description)
+
+
+# Small configs that run the same classes on a CPU in tests and benchmarks.
+_TEST = Preset(
+    "test-mla",
+    ModelConfig(dim=64, n_heads=2, n_layers=2, ffn_dim=128, freq_dim=32, text_dim=32, latent_channels=4,
+                latent_hw=(4, 4), mla=MLAConfig(d_c=24, d_q=32, d_nope=16, d_rope=16, rope_pairs=(4, 2, 2))),
+    CacheConfig(sink_frames=1, window_frames=2, chunk_frames=2),
+    SamplerConfig(steps=(1000, 500)), VideoConfig(height=32, width=32, fps=8, temporal_stride=1),
+    text_len=8, description="tiny MLA config for tests")
+# Size class of the embedded CPU model (final size settled by the embedded-model issue).
+_SMALL = Preset(
+    "small-mla",
+    ModelConfig(dim=256, n_heads=4, n_layers=6, ffn_dim=1024, freq_dim=64, text_dim=384, latent_channels=16,
+                latent_hw=(16, 16), mla=MLAConfig(d_c=64, d_q=128, d_nope=48, d_rope=16, rope_pairs=(4, 2, 2))),
+    CacheConfig(sink_frames=1, window_frames=6, chunk_frames=3),
+    VideoConfig(height=128, width=128, fps=16, temporal_stride=1),
+    text_len=16, description="embedded-size MLA config")
+for _p in (_TEST, _SMALL):
+    PRESETS[_p.name] = _p
+PRESETS["test-mha"] = _dense_twin(_TEST, "test-mha", "tiny dense twin of test-mla")
+PRESETS["small-mha"] = _dense_twin(_SMALL, "small-mha", "embedded-size dense twin")
 
 
 def get_preset(name: str) -> Preset:

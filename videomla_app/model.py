@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttnInputs, MHAttention, MLAttention, RMSNorm
+from .attention import AttnInputs, MHAttention, MLAttention, WanProjections
 from .cache import CacheStep, RollingKVCache, TextKVCache
 from .config import CacheConfig, ModelConfig
 from .rope import grid_positions, rope_angles
@@ -33,15 +33,8 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1).to(torch.float32)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(WanProjections):
     """Text cross-attention (Wan): q from video tokens, k/v from the prompt; no positions, no mask."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        d = cfg.dim
-        self.H, self.dh = cfg.n_heads, cfg.head_dim
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q, self.norm_k = RMSNorm(d, cfg.eps), RMSNorm(d, cfg.eps)
 
     def kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-prompt K, V [B, L, H, dh]: computed once per prompt and cached."""
@@ -180,48 +173,61 @@ class CausalDiT(nn.Module):
         return self._run(x, t, inputs or self.attn_inputs(step, cache), text)
 
     # -- training form ------------------------------------------------------------------------
-    def train_inputs(self, n_frames: int, cache_cfg: CacheConfig) -> AttnInputs:
+    def train_inputs(self, n_frames: int, cache_cfg: CacheConfig, teacher_forcing: bool = False) -> AttnInputs:
         """Block mask + key list that reproduce streaming through the cache in one forward.
 
         Chunk k (frames [f0, f0+n)) sees the sink frames, the frames in its window and itself.
-        With window re-indexing (MLA), the sink's distance to the chunk depends on the chunk, so
-        once the window has slid the sink keys are repeated per chunk with the rotation they get
-        in that chunk's window; all other keys keep absolute positions (RoPE is relative, so this
-        equals window-local indexing).
+        With ``teacher_forcing`` the sequence is [clean clip | noisy clip] (Self-Forcing's
+        teacher-forcing layout): clean frames attend like the cache-write pass (clean context and
+        their own chunk), noisy frames attend the *clean* context and their own noisy chunk, which is
+        exactly what a denoising step sees when the cache holds clean keys.
+
+        With window re-indexing (MLA), the sink's distance to the chunk depends on the chunk, so once
+        the window has slid the sink keys are repeated per chunk with the rotation they get in that
+        chunk's window; all other keys keep absolute positions (RoPE is relative, so this equals
+        window-local indexing).
         """
-        S, R, C, P = cache_cfg.sink_frames, cache_cfg.window_frames + cache_cfg.chunk_frames, \
-            cache_cfg.chunk_frames, self.cfg.tokens_per_frame
-        key_frames, key_pos = list(range(n_frames)), list(range(n_frames))
-        chunk_of_query = [f // C for f in range(n_frames)]
-        n_chunks = (n_frames + C - 1) // C
-        visible = torch.zeros(n_chunks, n_frames, dtype=torch.bool)
-        extra_vis: list[int] = []  # chunk owning each sink copy
-        for k in range(n_chunks):
+        S, C, P = cache_cfg.sink_frames, cache_cfg.chunk_frames, self.cfg.tokens_per_frame
+        R = cache_cfg.window_frames + C
+        streams = 2 if teacher_forcing else 1
+        entries = [(f, s) for s in range(streams) for f in range(n_frames)]  # (frame, stream); stream 0 = context
+        key_entries, key_pos = list(range(len(entries))), [f for f, _ in entries]
+        vis: list[list[bool]] = []
+        copy_owner: list[int] = []  # chunk that owns each sink copy
+        for k in range((n_frames + C - 1) // C):
             f0, f_end = k * C, min(k * C + C, n_frames)
             base = max(S, f_end - R)
-            copies = self.cfg.attn == "mla" and base > S
-            for f in range(f_end):
-                visible[k, f] = f >= base or (f < S and not copies)
-            if copies:
-                for s in range(S):
-                    key_frames.append(s)
-                    key_pos.append(base - S + s)
-                    extra_vis.append(k)
-        extra = torch.tensor(extra_vis, dtype=torch.long)
-        vis_extra = extra[None, :] == torch.arange(n_chunks)[:, None]  # [chunks, n_extra]
-        frame_mask = torch.cat([visible, vis_extra], dim=1)[torch.tensor(chunk_of_query)]  # [Fq, Fk]
+            if self.cfg.attn == "mla" and base > S:
+                key_entries += list(range(S))  # the context stream's sink frames
+                key_pos += [base - S + s for s in range(S)]
+                copy_owner += [k] * S
+        for f, s in entries:
+            k = f // C
+            f0, f_end = k * C, min(k * C + C, n_frames)
+            base = max(S, f_end - R)
+            copies = k in copy_owner
+            row = [(f0 <= g < f_end and t == s) or
+                   (g < f0 and t == 0 and (g >= base or (g < S and not copies))) for g, t in entries]
+            vis.append(row + [owner == k for owner in copy_owner])
         dev = self.patch_embedding.weight.device
+        frame_mask = torch.tensor(vis, dtype=torch.bool)  # [entries, keys]
         mask = frame_mask.repeat_interleave(P, 0).repeat_interleave(P, 1).to(dev)  # [Nq, Nk]
-        q_cos, q_sin = self._angles(list(range(n_frames)))
+        q_cos, q_sin = self._angles([f for f, _ in entries])
         k_cos, k_sin = self._angles(key_pos)
-        key_index = (torch.tensor(key_frames)[:, None] * P + torch.arange(P)).flatten().to(dev)
+        key_index = (torch.tensor(key_entries)[:, None] * P + torch.arange(P)).flatten().to(dev)
         return AttnInputs(q_cos, q_sin, k_cos, k_sin, mask=mask, key_index=key_index)
 
     def forward_train(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | TextKVCache,
-                      cache_cfg: CacheConfig, inputs: AttnInputs | None = None) -> torch.Tensor:
-        """Flow prediction for a whole clip x [B, F, C, H, W] with per-frame timesteps t [B, F]."""
+                      cache_cfg: CacheConfig, inputs: AttnInputs | None = None,
+                      teacher_forcing: bool = False) -> torch.Tensor:
+        """Flow prediction for a whole clip in one forward.
+
+        x [B, F, C, H, W] with per-frame timesteps t [B, F]; with ``teacher_forcing`` x is
+        [clean | noisy] ([B, 2F, ...]) and t covers both halves (the clean half at the context noise).
+        """
         text = context if isinstance(context, TextKVCache) else self.encode_text(context)
-        return self._run(x, t, inputs or self.train_inputs(x.shape[1], cache_cfg), text)
+        n = x.shape[1] // 2 if teacher_forcing else x.shape[1]
+        return self._run(x, t, inputs or self.train_inputs(n, cache_cfg, teacher_forcing), text)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
