@@ -110,3 +110,26 @@ def test_teacher_forcing_form_equals_denoise_then_cache_write(name, backend):
             cache.commit(step)
     assert _rel(torch.cat(den, 1), full[:, n:]) < 1e-5
     assert _rel(torch.cat(ctx, 1), full[:, :n]) < 1e-5
+
+
+def test_triton_backend_matches_reference_under_the_interpreter():
+    """The model's `triton` backend (absorbed kernel with RoPE on read) against the fp32 oracle,
+    through a wrapped cache with a sink. On CPU the kernel runs in Triton's interpreter (tests only)."""
+    vk = pytest.importorskip("videomla_kernels")
+    if vk.triton_mode() == "torch":
+        pytest.skip("triton is not installed")
+    from videomla_app.config import MLAConfig
+
+    base = get_preset("test-mla")
+    p = base.with_(model=base.model.__class__(**{**base.model.__dict__, "mla": MLAConfig(
+        d_c=32, d_q=32, d_nope=16, d_rope=16, rope_pairs=(4, 2, 2))}))
+    model = build_model(p.model, seed=4)
+    attn = model.blocks[1].self_attn
+    x = torch.randn(1, 2 * p.model.tokens_per_frame, p.model.dim)
+    cache, step = _wrapped_cache_step(model, p)
+    outs = {}
+    for b in ("reference", "triton"):
+        attn.backend = b
+        with torch.no_grad():
+            outs[b] = attn(x, model.attn_inputs(step, cache))
+    assert _rel(outs["triton"], outs["reference"]) <= 1e-5
