@@ -109,7 +109,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UsageError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
@@ -126,5 +126,13 @@ def main() -> None:
             sys.exit(130)
         if debug:
             raise
-        err.print(f"[red]error:[/red] {e}")
-        sys.exit(1)
+        from .cli_run import handle
+
+        code = handle(e)
+        if code is None:
+            err.print(f"[red]error:[/red] {type(e).__name__}: {e} (run with --debug for details)", highlight=False)
+            code = 1
+        sys.exit(code)
+
+
+from . import cli_run  # noqa: E402,F401  (registers generate and extend)

@@ -29,39 +29,7 @@ from .encoders import StreamDecoder, TextEncoder, VideoVAE, pixel_frames
 from .memory import MemoryReadout, read_memory
 from .model import CausalDiT
 from .scheduler import FlowSampler
-
-
-@dataclass(frozen=True)
-class PromptSegment:
-    start_s: float
-    prompt: str
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Prompts switched over time. A plain prompt is a one-segment timeline starting at 0 s."""
-
-    segments: tuple[PromptSegment, ...]
-
-    def __post_init__(self) -> None:
-        if not self.segments:
-            raise ValueError("a timeline needs at least one prompt")
-        if self.segments[0].start_s != 0:
-            raise ValueError("the first prompt of a timeline must start at 0:00")
-        for a, b in zip(self.segments, self.segments[1:]):
-            if b.start_s <= a.start_s:
-                raise ValueError(f"timeline times must increase: {a.start_s:g}s then {b.start_s:g}s")
-        for s in self.segments:
-            if not s.prompt.strip():
-                raise ValueError("empty prompt in timeline")
-
-    @classmethod
-    def single(cls, prompt: str) -> "Timeline":
-        return cls((PromptSegment(0.0, prompt),))
-
-    def index_at(self, t_s: float) -> int:
-        """Segment in force at time ``t_s`` (switches land on chunk boundaries at or after it)."""
-        return max(i for i, s in enumerate(self.segments) if s.start_s <= t_s + 1e-9)
+from .timeline import PromptSegment, Timeline  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -76,6 +44,25 @@ class GenerationState:
     prompt_index: int = -1
     sink_latents: torch.Tensor | None = None  # clean latents of the sink frames [B, <=S, C, h, w]
     window_latents: torch.Tensor | None = None  # clean latents of the last W frames
+    recaching: bool = False  # the cache is being rebuilt: its contents are not a chunk boundary's
+
+    def snapshot(self) -> dict:
+        """The small part of the state that changes during a chunk (the cache's committed slots do
+        not: a chunk writes only into slots outside the window). Restoring it after an interrupted
+        chunk gives back the state of the last chunk boundary."""
+        return {"frame": self.frame, "chunk": self.chunk, "prompt_index": self.prompt_index,
+                "rng": self.rng.get_state(), "decoder": self.decoder.state_dict(),
+                "sink": self.sink_latents, "window": self.window_latents,
+                "cache": (self.cache.committed, self.cache.origin)}
+
+    def restore(self, snap: dict) -> None:
+        if self.recaching:
+            raise RuntimeError("interrupted while re-caching: the cache no longer matches a chunk boundary")
+        self.frame, self.chunk, self.prompt_index = snap["frame"], snap["chunk"], snap["prompt_index"]
+        self.rng.set_state(snap["rng"])
+        self.decoder.load_state_dict(snap["decoder"])
+        self.sink_latents, self.window_latents = snap["sink"], snap["window"]
+        self.cache.committed, self.cache.origin = snap["cache"]
 
 
 @dataclass
@@ -213,6 +200,13 @@ class StreamingPipeline:
     def _recache(self, state: GenerationState, text: TextKVCache) -> None:
         """LongLive-style re-cache: replay the kept frames through the cache-write pass under the
         new prompt, so the window's keys reflect it (without it the old prompt lingers)."""
+        state.recaching = True
+        try:
+            self._replay_window(state, text)
+        finally:
+            state.recaching = False
+
+    def _replay_window(self, state: GenerationState, text: TextKVCache) -> None:
         S, W, C = self.preset.cache.sink_frames, self.preset.cache.window_frames, self.C
         f0, cache = state.frame, state.cache
         cache.reset()

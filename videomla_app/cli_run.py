@@ -1,0 +1,274 @@
+"""``videomla generate`` and ``videomla extend``: option parsing and rendering around one
+:class:`~videomla_app.recorder.Recording` (which wraps the pipeline's streaming generator)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import time
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from .cli import UsageError, app, err, out
+from .live import LiveView
+from .models import ModelUnavailable, load_pipeline
+from .recorder import Recording, session_path_for
+from .timeline import PromptSegment, Timeline, format_time, parse_timeline, read_timeline_file
+
+MAX_SECONDS = 120 * 60  # longer requests are almost certainly typos (and days of CPU time)
+
+
+class RuntimeFailure(Exception):
+    """A failure that is not the user's typing: one line on stderr, exit code 1."""
+
+
+def _duration(minutes: float | None, seconds: float | None, default: float | None) -> float:
+    if minutes is not None and seconds is not None:
+        raise UsageError("give either --minutes or --seconds, not both")
+    s = seconds if seconds is not None else (minutes * 60 if minutes is not None else default)
+    if s is None:
+        raise UsageError("give a duration with --minutes or --seconds")
+    if not math.isfinite(s) or s <= 0:
+        raise UsageError(f"duration must be a positive number of seconds, got {s:g}")
+    if s > MAX_SECONDS:
+        raise UsageError(f"duration {s / 60:g} min is longer than the {MAX_SECONDS // 60} min limit")
+    return s
+
+
+def _default_out(prompt: str) -> Path:
+    import platformdirs
+
+    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:48].strip("-") or "video"
+    folder = Path(os.environ.get("VIDEOMLA_OUTPUT_DIR") or Path(platformdirs.user_videos_dir()) / "videomla")
+    return folder / f"{slug}-{datetime.now():%Y%m%d-%H%M%S}.mp4"
+
+
+def _check_output(path: Path, force: bool, est_bytes: int) -> Path:
+    if path.suffix.lower() != ".mp4":
+        raise UsageError(f"output must be an .mp4 file, got {path}")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; choose another --out or add --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RuntimeFailure(f"cannot create output folder {path.parent}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise RuntimeFailure(f"output folder {path.parent} is not writable")
+    free = shutil.disk_usage(path.parent).free
+    if free < est_bytes:
+        raise RuntimeFailure(f"not enough disk space in {path.parent}: about {est_bytes / 1e6:.0f} MB needed, "
+                             f"{free / 1e6:.0f} MB free")
+    return path
+
+
+def _estimate_bytes(pipe, seconds: float) -> int:
+    v = pipe.preset.video
+    frames = seconds * v.fps
+    return int(frames * v.width * v.height * 0.15 + 2 * pipe.new_state(0).cache.nbytes + 10e6)
+
+
+def _pipeline(model: str, **kw):
+    try:
+        return load_pipeline(model, **kw)
+    except ModelUnavailable as e:
+        raise RuntimeFailure(str(e)) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _record(rec: Recording, n_chunks: int, total_seconds: float, *, as_json: bool, preview: bool) -> dict:
+    """Run a recording with the live view; Ctrl-C stops after the current chunk (twice: at once)."""
+    console = out if not as_json else Console(stderr=True)
+    view = LiveView(console, n_chunks, total_seconds, rec.pipe.preset.video.fps, preview,
+                    base_frames=rec.base_frames)
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = view.stopping = True
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    t0, hard = time.perf_counter(), False
+    try:
+        with closing(rec.chunks(n_chunks, stop=lambda: stop["flag"])) as chunks:
+            if console.is_terminal and not as_json:
+                with Live(view.render(), console=console, refresh_per_second=4) as live:
+                    for ev in chunks:
+                        view.update(ev)
+                        live.update(view.render())
+            else:
+                for ev in chunks:
+                    view.update(ev)
+                    console.print(view.line(), highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        hard = True
+    except OSError as e:
+        raise RuntimeFailure(f"{e} — the finished chunks are in {rec.out}") from None
+    finally:
+        signal.signal(signal.SIGINT, old)
+    wall = time.perf_counter() - t0
+    mem = view.last.memory if view.last else None
+    return {
+        "output": str(rec.out) if rec.finished else None,
+        "session": str(rec.session_path) if rec.finished and rec.session_ok else None,
+        "model": rec.settings["model"], "seed": rec.settings["seed"],
+        "chunks": rec.chunks_done, "frames": rec.frames_written, "total_frames": rec.base_frames + rec.frames_written,
+        "video_seconds": (rec.base_frames + rec.frames_written) / rec.pipe.preset.video.fps,
+        "wall_seconds": round(wall, 3), "fps": round(rec.frames_written / wall, 3) if wall else 0.0,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cache_bytes": mem.cache_bytes if mem else None,
+        "dense_cache_bytes": mem.dense_equivalent_bytes if mem else None,
+        "interrupted": stop["flag"] or hard,
+    }
+
+
+def _report(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    if summary["output"] is None:
+        err.print("no chunk was finished; nothing was written")
+        return
+    word = "stopped early" if summary["interrupted"] else "done"
+    out.print(f"[green]{word}:[/green] {summary['output']}  ({summary['frames']} new frames, "
+              f"{summary['video_seconds']:.1f} s of video, {summary['fps']:.1f} fps)", highlight=False)
+    if summary["session"]:
+        out.print(f"session: {summary['session']}", highlight=False)
+        out.print(f"continue it: videomla extend \"{summary['output']}\" --seconds 10", highlight=False)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Prompt, or an inline timeline: \"0:00 a red ball; 0:30 a blue ball\".")] = "",
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Video length in minutes.")] = None,
+    seconds: Annotated[float | None, typer.Option("--seconds", help="Video length in seconds.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Output .mp4 (default: your videos folder).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name (see 'videomla models').")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same video.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps per chunk (model default: 4).")] = None,
+    window: Annotated[int | None, typer.Option(help="Window of recent latent frames kept in the cache.")] = None,
+    sink: Annotated[int | None, typer.Option(help="Sink latent frames kept from the start.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    timeline_file: Annotated[Path | None, typer.Option("--timeline", help="Timeline file: one 'M:SS prompt' per line.")] = None,
+    recache: Annotated[bool, typer.Option(help="Rebuild the cache under the new prompt at each switch.")] = True,
+    preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Show a live preview in the terminal.")] = True,
+    force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+) -> None:
+    """Generate a video, streaming each chunk to disk as it is made.
+
+    [b]Examples[/b]
+      videomla generate "a red ball bouncing on a beach" --minutes 2
+      videomla generate "0:00 a red ball bouncing; 0:30 the ball turns blue" --seconds 60
+      videomla generate --timeline story.txt --seconds 90 --out story.mp4 --seed 7
+    """
+    if timeline_file is not None and prompt.strip():
+        raise UsageError("give a prompt or --timeline FILE, not both")
+    try:
+        timeline = read_timeline_file(timeline_file) if timeline_file else parse_timeline(prompt)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    total = _duration(minutes, seconds, 10.0)
+    if timeline.segments[-1].start_s >= total:
+        raise UsageError(f"the timeline switches at {format_time(timeline.segments[-1].start_s)}, "
+                         f"after the end of a {total:g} s video")
+    pipe = _pipeline(model, device=device, dtype=dtype, steps=steps, window=window, sink=sink, recache=recache)
+    default = _default_out(timeline.segments[0].prompt)
+    if out_path is None:
+        out_path = default
+    elif out_path.is_dir() or not out_path.suffix:
+        out_path = out_path / default.name
+    path = _check_output(out_path, force, _estimate_bytes(pipe, total))
+    settings = {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
+                "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
+                "dtype": str(pipe.dtype).replace("torch.", ""), "recache": recache}
+    rec = Recording(pipe, timeline, path, pipe.new_state(seed), settings, force=force)
+    _report(_record(rec, pipe.chunks_for_seconds(total), total, as_json=as_json, preview=preview), as_json)
+
+
+@app.command()
+def extend(
+    clip: Annotated[Path, typer.Argument(help="The video to continue.")],
+    prompt: Annotated[str, typer.Argument(help="New prompt from the end of the clip (default: keep the clip's).")] = "",
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Minutes to add.")] = None,
+    seconds: Annotated[float | None, typer.Option("--seconds", help="Seconds to add.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Output .mp4 (default: CLIP-extended.mp4).")] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Replace CLIP with the extended video.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Show a live preview.")] = True,
+    force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+) -> None:
+    """Continue a video. Clips made by videomla continue exactly from their session file (the result
+    equals a longer run frame for frame); other videos continue from their last frames.
+
+    [b]Examples[/b]
+      videomla extend beach.mp4 --seconds 20
+      videomla extend beach.mp4 "the ball turns green" --seconds 30 --in-place
+    """
+    from .session import read_session_meta
+    from .video_io import probe
+
+    if in_place and out_path is not None:
+        raise UsageError("give --out or --in-place, not both")
+    add = _duration(minutes, seconds, 10.0)
+    if not clip.is_file():
+        raise RuntimeFailure(f"{clip}: no such video file")
+    try:
+        info = probe(clip)
+    except Exception:
+        raise RuntimeFailure(f"{clip}: cannot read this video (corrupt or not a video)") from None
+    if info["frames"] == 0:
+        raise RuntimeFailure(f"{clip}: the video has no frames")
+    session = session_path_for(clip)
+    if not session.exists():
+        raise RuntimeFailure(f"{clip}: no videomla session file ({session.name}) beside it; continuing "
+                             "videos made elsewhere is not supported by this version yet")
+    try:
+        meta = read_session_meta(session)
+    except ValueError as e:
+        raise RuntimeFailure(str(e)) from None
+    extra = json.loads(meta["extra"])
+    if extra.get("pixel_frames") != info["frames"]:
+        raise RuntimeFailure(f"{session.name} describes {extra.get('pixel_frames')} frames but {clip.name} has "
+                             f"{info['frames']}: the session does not belong to this video")
+    s = extra["settings"]
+    pipe = _pipeline(meta["model"], device=device, dtype=s["dtype"], steps=len(s["steps"]), window=s["window"],
+                     sink=s["sink"], recache=s.get("recache", True))
+    from .session import load_session
+
+    try:
+        state, timeline, _ = load_session(session, pipe)
+    except ValueError as e:
+        raise RuntimeFailure(str(e)) from None
+    now = pipe.frame_time(state.frame)
+    if prompt.strip():
+        timeline = Timeline(timeline.segments + (PromptSegment(now, prompt.strip()),))
+    dest = clip if in_place else (out_path or clip.with_name(clip.stem + "-extended.mp4"))
+    _check_output(dest, force or in_place, _estimate_bytes(pipe, add))
+    rec = Recording(pipe, timeline, dest, state, s, force=force or in_place, base_video=clip,
+                    base_frames=info["frames"])
+    n = pipe.chunks_for_seconds(add)
+    _report(_record(rec, n, now + add, as_json=as_json, preview=preview), as_json)
+
+
+def handle(e: Exception) -> int | None:
+    """Exit code for the failures this module raises (None: not ours)."""
+    if isinstance(e, RuntimeFailure):
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        return 1
+    return None
+

@@ -1,0 +1,113 @@
+"""Model registry: names users type, what they are, and how to build a pipeline for one.
+
+Tiers: ``embedded`` models ship in ``assets/`` (trained by this project; added by the embedded-model
+work), ``download`` models come from the Hugging Face hub (the full-model work), ``dev`` models are
+the small presets with seeded random weights and toy encoders: untrained, for testing the app and
+its tests without any download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .config import CacheConfig, Preset, SamplerConfig, get_preset
+from .encoders import ToyTextEncoder, ToyVAE
+from .model import build_model
+from .pipeline import StreamingPipeline
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    preset: str
+    tier: str  # "embedded" | "download" | "dev"
+    description: str
+
+
+REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
+    ModelEntry("tiny", "small-mla", "embedded", "embedded MLA model for CPUs (the default)"),
+    ModelEntry("tiny-mha", "small-mha", "embedded", "embedded dense twin of tiny"),
+    ModelEntry("videomla-1.3b", "videomla-1.3b", "download", "the paper's model (Wan2.1-T2V-1.3B + MLA), CUDA GPU"),
+    ModelEntry("self-forcing-1.3b", "self-forcing-1.3b", "download", "dense Self-Forcing baseline, CUDA GPU"),
+    ModelEntry("test-mla", "test-mla", "dev", "untrained tiny MLA model (random weights) for testing the app"),
+    ModelEntry("test-mha", "test-mha", "dev", "untrained tiny dense twin of test-mla"),
+    ModelEntry("small-mla", "small-mla", "dev", "untrained embedded-size MLA model (random weights)"),
+    ModelEntry("small-mha", "small-mha", "dev", "untrained embedded-size dense model (random weights)"),
+]}
+
+
+class ModelUnavailable(RuntimeError):
+    """The model is known but cannot run here (weights missing, needs a GPU, ...)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("--device cuda: no CUDA GPU is available (use --device cpu)")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return getattr(torch, dtype)
+
+
+def step_list(n: int) -> tuple[int, ...]:
+    """n evenly spaced denoising steps from 1000 (4 -> 1000, 750, 500, 250 as in the paper)."""
+    if not 1 <= n <= 50:
+        raise ValueError(f"--steps must be between 1 and 50, got {n}")
+    return tuple(round(1000 - 1000 * i / n) for i in range(n))
+
+
+def configure(preset: Preset, steps: int | None = None, window: int | None = None,
+              sink: int | None = None) -> Preset:
+    """Apply user overrides (denoising steps, window and sink frames) to a preset."""
+    sampler, cache = preset.sampler, preset.cache
+    if steps is not None:
+        sampler = replace(sampler, steps=step_list(steps))
+    if window is not None or sink is not None:
+        w = cache.window_frames if window is None else window
+        s = cache.sink_frames if sink is None else sink
+        if not 0 <= w <= 1000 or not 0 <= s <= 100:
+            raise ValueError(f"window must be 0..1000 and sink 0..100 latent frames, got {w} and {s}")
+        cache = CacheConfig(sink_frames=s, window_frames=w, chunk_frames=cache.chunk_frames)
+    return replace(preset, sampler=SamplerConfig(**{**sampler.__dict__}), cache=cache)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(REGISTRY)} (see 'videomla models')")
+    return REGISTRY[name]
+
+
+def load_pipeline(name: str, *, device: str = "auto", dtype: str = "auto", steps: int | None = None,
+                  window: int | None = None, sink: int | None = None, recache: bool = False) -> StreamingPipeline:
+    """Build the streaming pipeline for a registered model."""
+    entry = get_entry(name)
+    preset = configure(get_preset(entry.preset), steps, window, sink)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if entry.tier == "download":
+        raise ModelUnavailable(f"{name}: downloading the full model's weights is not supported by this version yet")
+    if entry.tier == "dev":
+        m = preset.model
+        model = build_model(m, dev, dt, seed=0)
+        return StreamingPipeline(preset, model, ToyTextEncoder(m.text_dim, preset.text_len),
+                                 ToyVAE(m.latent_channels, preset.video.height // m.latent_hw[0]),
+                                 device=dev, dtype=dt, recache=recache)
+    weights = ASSETS / name / "model.safetensors"
+    if not weights.exists():
+        raise ModelUnavailable(f"{name}: the embedded model's weights are not shipped in this build yet "
+                               f"(try the app with an untrained model: --model small-mla)")
+    raise ModelUnavailable(f"{name}: loading embedded weights is not implemented in this build yet")

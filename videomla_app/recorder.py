@@ -1,0 +1,119 @@
+"""Record a generation to disk while it streams: the MP4 grows chunk by chunk, the session file
+follows it. Front ends iterate :meth:`Recording.chunks` and only render the events.
+
+Guarantees (tested): every finished chunk is in a playable MP4 at every moment; a stop, Ctrl-C or
+error keeps all finished chunks at the final path (or ``.partial.mp4`` if the process is killed);
+the session file always describes exactly the frames in the video; an existing file is never
+replaced unless ``force``. Extending (``base_video``) writes only the new frames, then joins them
+to the old ones without re-encoding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .encoders import pixel_frames
+from .pipeline import ChunkEvent, GenerationState, StreamingPipeline
+from .session import save_session
+from .timeline import Timeline
+from .video_io import StreamingMP4Writer, concat_videos, partial_path
+
+SESSION_SUFFIX = ".session.safetensors"
+
+
+def session_path_for(video: str | Path) -> Path:
+    v = Path(video)
+    return v.with_name(v.stem + SESSION_SUFFIX)
+
+
+@dataclass
+class Recording:
+    pipe: StreamingPipeline
+    timeline: Timeline
+    out: Path
+    state: GenerationState
+    settings: dict  # model, seed, steps, window, sink, dtype ... (metadata and extend)
+    force: bool = False
+    base_video: Path | None = None  # extend: the clip the new frames follow
+    base_frames: int = 0
+    session_every_s: float = 30.0
+    frames_written: int = 0
+    chunks_done: int = 0
+    finished: bool = False
+    session_ok: bool = True  # False when an interrupt left no consistent state to save
+    _last_session: float = field(default=0.0, repr=False)
+
+    @property
+    def session_path(self) -> Path:
+        return session_path_for(self.out)
+
+    def metadata(self) -> dict:
+        return {"app": "videomla", "version": __version__, **self.settings,
+                "timeline": [[s.start_s, s.prompt] for s in self.timeline.segments],
+                "session": self.session_path.name}
+
+    def _chunk_frames(self) -> tuple[int, int]:
+        ts, C = self.pipe.vae.temporal_stride, self.pipe.C
+        start = self.state.frame
+        first = pixel_frames(start + C, ts) - pixel_frames(start, ts)
+        return first, pixel_frames(2 * C, ts) - pixel_frames(C, ts)
+
+    def chunks(self, n_chunks: int, stop: Callable[[], bool] | None = None) -> Iterator[ChunkEvent]:
+        """Generate ``n_chunks`` chunks, writing each as it arrives; yields the pipeline's events."""
+        target = self.out if self.base_video is None else self.out.with_name(self.out.stem + ".new" + self.out.suffix)
+        if self.out.exists() and not self.force and self.out != self.base_video:
+            raise FileExistsError(f"{self.out} exists (use --force to replace it)")
+        v = self.pipe.preset.video
+        writer = StreamingMP4Writer(target, v.fps, (v.width, v.height), metadata=self.metadata(), overwrite=True,
+                                    chunk_frames=self._chunk_frames())
+        self._last_session = time.monotonic()
+        boundary = self.state.snapshot()
+        try:
+            for ev in self.pipe.stream(self.timeline, n_chunks, state=self.state, stop=stop):
+                writer.write(ev.frames)
+                self.frames_written += len(ev.frames)
+                self.chunks_done += 1
+                boundary = self.state.snapshot()
+                self._maybe_save_session(ev)
+                yield ev
+        except BaseException:
+            try:  # interrupted inside a chunk: go back to the last finished one
+                self.state.restore(boundary)
+            except RuntimeError:
+                self.session_ok = False
+            raise
+        finally:
+            self._finish(writer, target)
+
+    def _maybe_save_session(self, ev: ChunkEvent) -> None:
+        small = ev.memory is not None and ev.memory.cache_bytes < 64e6
+        if small or time.monotonic() - self._last_session > self.session_every_s:
+            self._save_session()
+
+    def _save_session(self) -> None:
+        save_session(self.session_path, self.pipe, self.state, self.timeline,
+                     {"settings": self.settings, "pixel_frames": self.base_frames + self.frames_written,
+                      "video": self.out.name})
+        self._last_session = time.monotonic()
+
+    def _finish(self, writer: StreamingMP4Writer, target: Path) -> None:
+        """Land the video at its final path whatever happened; keep the session in step with it."""
+        if writer.frames == 0:
+            writer.abort()
+            partial_path(target).unlink(missing_ok=True)
+            return
+        if self.base_video is None:
+            writer.close()
+        else:
+            writer.close()
+            concat_videos([self.base_video, target], self.out, self.metadata())
+            target.unlink(missing_ok=True)
+        if self.session_ok:
+            self._save_session()
+        elif self.session_path.exists():
+            self.session_path.unlink()  # an older session would not match the video
+        self.finished = True
