@@ -4,6 +4,7 @@ the work happens in the library modules.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -28,7 +29,26 @@ class UsageError(Exception):
     """Bad input from the user: one line on stderr, exit code 2."""
 
 
+class RuntimeFailure(Exception):
+    """A failure that is not the user's typing (unreadable file, no disk space...): exit code 1."""
+
+
+def friendly(fn):
+    """Turn our errors into one line on stderr and an exit code (2 usage, 1 runtime)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UsageError, RuntimeFailure) as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2 if isinstance(e, UsageError) else 1) from None
+
+    return wrapper
+
+
 @app.command()
+@friendly
 def info(
     model: Annotated[str, typer.Option("--model", "-m", help="Model preset to describe.")] = "videomla-1.3b",
     dtype: Annotated[str, typer.Option(help="Cache dtype: bfloat16, float16 or float32.")] = "bfloat16",
@@ -102,37 +122,30 @@ def bench(
 
 
 def main() -> None:
-    """Console entry point: bad input becomes one line on stderr, never a traceback."""
+    """Console entry point: bad input becomes one line on stderr, never a traceback (unless --debug)."""
+    from typer._click import exceptions as cx  # Typer vendors its own click
+
     debug = "--debug" in sys.argv or os.environ.get("VIDEOMLA_DEBUG") == "1"
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:
-        app(standalone_mode=False)
-    except UsageError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as e:
-        sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except cx.UsageError as e:
+        hint = f" (see 'videomla {e.ctx.info_name} --help')" if e.ctx and e.ctx.info_name != "videomla" else ""
+        err.print(f"[red]error:[/red] {e.format_message()}{hint}", highlight=False)
+        code = 2
+    except cx.ClickException as e:
+        err.print(f"[red]error:[/red] {e.format_message()}", highlight=False)
+        code = e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
-        sys.exit(130)
-    except Exception as e:  # click usage errors and runtime failures
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
+        code = 130
+    except Exception as e:
         if debug:
             raise
-        from .cli_run import handle
-
-        code = handle(e)
-        if code is None:
-            err.print(f"[red]error:[/red] {type(e).__name__}: {e} (run with --debug for details)", highlight=False)
-            code = 1
-        sys.exit(code)
+        err.print(f"[red]error:[/red] {type(e).__name__}: {e} (run with --debug for details)", highlight=False)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 from . import cli_run  # noqa: E402,F401  (registers generate and extend)

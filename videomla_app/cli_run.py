@@ -20,17 +20,13 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from .cli import UsageError, app, err, out
+from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 from .live import LiveView
 from .models import ModelUnavailable, load_pipeline
-from .recorder import Recording, session_path_for
+from .recorder import Recording, file_sha256, session_path_for
 from .timeline import PromptSegment, Timeline, format_time, parse_timeline, read_timeline_file
 
 MAX_SECONDS = 120 * 60  # longer requests are almost certainly typos (and days of CPU time)
-
-
-class RuntimeFailure(Exception):
-    """A failure that is not the user's typing: one line on stderr, exit code 1."""
 
 
 def _duration(minutes: float | None, seconds: float | None, default: float | None) -> float:
@@ -134,6 +130,13 @@ def _record(rec: Recording, n_chunks: int, total_seconds: float, *, as_json: boo
     }
 
 
+def _finish(summary: dict, as_json: bool) -> None:
+    """Print the result; an interrupted run exits with 130 (like the shell) after saving its work."""
+    _report(summary, as_json)
+    if summary["interrupted"]:
+        raise typer.Exit(130)
+
+
 def _report(summary: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary))
@@ -150,6 +153,7 @@ def _report(summary: dict, as_json: bool) -> None:
 
 
 @app.command()
+@friendly
 def generate(
     prompt: Annotated[str, typer.Argument(help="Prompt, or an inline timeline: \"0:00 a red ball; 0:30 a blue ball\".")] = "",
     minutes: Annotated[float | None, typer.Option("--minutes", help="Video length in minutes.")] = None,
@@ -196,10 +200,11 @@ def generate(
                 "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
                 "dtype": str(pipe.dtype).replace("torch.", ""), "recache": recache}
     rec = Recording(pipe, timeline, path, pipe.new_state(seed), settings, force=force)
-    _report(_record(rec, pipe.chunks_for_seconds(total), total, as_json=as_json, preview=preview), as_json)
+    _finish(_record(rec, pipe.chunks_for_seconds(total), total, as_json=as_json, preview=preview), as_json)
 
 
 @app.command()
+@friendly
 def extend(
     clip: Annotated[Path, typer.Argument(help="The video to continue.")],
     prompt: Annotated[str, typer.Argument(help="New prompt from the end of the clip (default: keep the clip's).")] = "",
@@ -242,7 +247,11 @@ def extend(
     except ValueError as e:
         raise RuntimeFailure(str(e)) from None
     extra = json.loads(meta["extra"])
-    if extra.get("pixel_frames") != info["frames"]:
+    if "video_sha256" in extra:
+        if file_sha256(clip) != extra["video_sha256"]:
+            raise RuntimeFailure(f"{session.name} belongs to another version of {clip.name} (the video changed "
+                                 "after it was made); exact continuation is not possible")
+    elif extra.get("pixel_frames") != info["frames"]:
         raise RuntimeFailure(f"{session.name} describes {extra.get('pixel_frames')} frames but {clip.name} has "
                              f"{info['frames']}: the session does not belong to this video")
     s = extra["settings"]
@@ -262,13 +271,4 @@ def extend(
     rec = Recording(pipe, timeline, dest, state, s, force=force or in_place, base_video=clip,
                     base_frames=info["frames"])
     n = pipe.chunks_for_seconds(add)
-    _report(_record(rec, n, now + add, as_json=as_json, preview=preview), as_json)
-
-
-def handle(e: Exception) -> int | None:
-    """Exit code for the failures this module raises (None: not ours)."""
-    if isinstance(e, RuntimeFailure):
-        err.print(f"[red]error:[/red] {e}", highlight=False)
-        return 1
-    return None
-
+    _finish(_record(rec, n, now + add, as_json=as_json, preview=preview), as_json)

@@ -155,6 +155,12 @@ class Preset:
     text_len: int = 512
     description: str = ""
 
+    def __post_init__(self) -> None:
+        for name, cls in (("model", ModelConfig), ("cache", CacheConfig), ("sampler", SamplerConfig),
+                          ("video", VideoConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"preset {self.name}: {name} must be a {cls.__name__}")
+
     def with_(self, **changes) -> "Preset":
         return replace(self, **changes)
 
@@ -191,7 +197,7 @@ _SMALL = Preset(
     ModelConfig(dim=256, n_heads=4, n_layers=6, ffn_dim=1024, freq_dim=64, text_dim=384, latent_channels=16,
                 latent_hw=(16, 16), mla=MLAConfig(d_c=64, d_q=128, d_nope=48, d_rope=16, rope_pairs=(4, 2, 2))),
     CacheConfig(sink_frames=1, window_frames=6, chunk_frames=3),
-    VideoConfig(height=128, width=128, fps=16, temporal_stride=1),
+    video=VideoConfig(height=128, width=128, fps=16, temporal_stride=1),
     text_len=16, description="embedded-size MLA config")
 for _p in (_TEST, _SMALL):
     PRESETS[_p.name] = _p

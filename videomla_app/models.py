@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .config import CacheConfig, Preset, SamplerConfig, get_preset
+from .config import CacheConfig, Preset, get_preset
 from .encoders import ToyTextEncoder, ToyVAE
 from .model import build_model
 from .pipeline import StreamingPipeline
@@ -82,7 +82,7 @@ def configure(preset: Preset, steps: int | None = None, window: int | None = Non
         if not 0 <= w <= 1000 or not 0 <= s <= 100:
             raise ValueError(f"window must be 0..1000 and sink 0..100 latent frames, got {w} and {s}")
         cache = CacheConfig(sink_frames=s, window_frames=w, chunk_frames=cache.chunk_frames)
-    return replace(preset, sampler=SamplerConfig(**{**sampler.__dict__}), cache=cache)
+    return replace(preset, sampler=sampler, cache=cache)
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -10,6 +10,7 @@ to the old ones without re-encoding.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,14 @@ from .timeline import Timeline
 from .video_io import StreamingMP4Writer, concat_videos, partial_path
 
 SESSION_SUFFIX = ".session.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def session_path_for(video: str | Path) -> Path:
@@ -94,10 +103,12 @@ class Recording:
         if small or time.monotonic() - self._last_session > self.session_every_s:
             self._save_session()
 
-    def _save_session(self) -> None:
-        save_session(self.session_path, self.pipe, self.state, self.timeline,
-                     {"settings": self.settings, "pixel_frames": self.base_frames + self.frames_written,
-                      "video": self.out.name})
+    def _save_session(self, video_sha256: str | None = None) -> None:
+        extra = {"settings": self.settings, "pixel_frames": self.base_frames + self.frames_written,
+                 "video": self.out.name}
+        if video_sha256:
+            extra["video_sha256"] = video_sha256  # binds the session to exactly this file
+        save_session(self.session_path, self.pipe, self.state, self.timeline, extra)
         self._last_session = time.monotonic()
 
     def _finish(self, writer: StreamingMP4Writer, target: Path) -> None:
@@ -113,7 +124,7 @@ class Recording:
             concat_videos([self.base_video, target], self.out, self.metadata())
             target.unlink(missing_ok=True)
         if self.session_ok:
-            self._save_session()
+            self._save_session(file_sha256(self.out))
         elif self.session_path.exists():
             self.session_path.unlink()  # an older session would not match the video
         self.finished = True

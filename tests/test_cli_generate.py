@@ -1,0 +1,183 @@
+"""`videomla generate` / `extend` end to end: files, metadata, sessions, errors, signals."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from videomla_app.cli import app
+from videomla_app.recorder import session_path_for
+from videomla_app.video_io import partial_path, probe, read_frames
+
+runner = CliRunner()
+GEN = ["generate", "--model", "test-mla", "--no-preview"]
+Result = namedtuple("Result", "exit_code stdout stderr")
+
+
+def run(*args):
+    r = runner.invoke(app, list(map(str, args)))
+    return Result(r.exit_code, r.stdout, r.stderr)
+
+
+def test_generate_writes_video_session_and_metadata(tmp_path):
+    out = tmp_path / "a.mp4"
+    r = run(*GEN, "0:00 a red ball; 0:01 a blue cube", "--seconds", 2, "--out", out, "--seed", 5)
+    assert r.exit_code == 0, r.stderr
+    info = probe(out)
+    assert info["frames"] == 16 and info["fps"] == 8 and info["size"] == (32, 32)
+    c = info["comment"]
+    assert c["seed"] == 5 and c["model"] == "test-mla" and c["timeline"] == [[0.0, "a red ball"], [1.0, "a blue cube"]]
+    assert session_path_for(out).exists() and not partial_path(out).exists()
+    assert "videomla extend" in r.stdout
+
+
+def test_json_summary_schema(tmp_path):
+    r = run(*GEN, "a red ball", "--seconds", 1, "--out", tmp_path / "a.mp4", "--json")
+    assert r.exit_code == 0
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    types = {"output": str, "session": str, "model": str, "seed": int, "chunks": int, "frames": int,
+             "total_frames": int, "video_seconds": float, "wall_seconds": float, "fps": float,
+             "peak_rss_bytes": int, "cache_bytes": int, "dense_cache_bytes": int, "interrupted": bool}
+    assert set(s) == set(types) and all(isinstance(s[k], t) for k, t in types.items())
+    assert s["frames"] == 8 and s["chunks"] == 4 and s["cache_bytes"] < s["dense_cache_bytes"]
+
+
+def test_same_seed_same_video(tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert run(*GEN, "a red ball", "--seconds", 1, "--out", tmp_path / f"{name}.mp4", "--seed", seed).exit_code == 0
+    a, b, c = (read_frames(tmp_path / f"{n}.mp4")[0] for n in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_extend_equals_one_longer_run_frame_for_frame(tmp_path):
+    tl = "0:00 a red ball; 0:01.5 a blue cube"
+    assert run(*GEN, tl, "--seconds", 2, "--out", tmp_path / "short.mp4").exit_code == 0
+    assert run(*GEN, tl, "--seconds", 4, "--out", tmp_path / "long.mp4").exit_code == 0
+    r = run("extend", tmp_path / "short.mp4", "--seconds", 2, "--no-preview")
+    assert r.exit_code == 0, r.stderr
+    ext, long = read_frames(tmp_path / "short-extended.mp4")[0], read_frames(tmp_path / "long.mp4")[0]
+    assert ext.shape == long.shape == (32, 32, 32, 3) and np.array_equal(ext, long)
+    assert probe(tmp_path / "short-extended.mp4")["comment"]["timeline"][1] == [1.5, "a blue cube"]
+    # in place, with a new prompt: the old frames stay, new ones follow
+    r = run("extend", tmp_path / "short.mp4", "a green star", "--seconds", 1, "--in-place", "--no-preview")
+    assert r.exit_code == 0, r.stderr
+    grown = read_frames(tmp_path / "short.mp4")[0]
+    assert len(grown) == 24 and np.array_equal(grown[:16], long[:16])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["", "--seconds", "1"], "prompt is empty"),
+    (["x", "--seconds", "0"], "positive"),
+    (["x", "--seconds", "-3"], "positive"),
+    (["x", "--seconds", "abc"], "valid number"),
+    (["x", "--minutes", "100000"], "limit"),
+    (["x", "--minutes", "1", "--seconds", "2"], "not both"),
+    (["0:00 a; 0:70 b", "--seconds", "5"], "below 60"),
+    (["0:10 a; 0:05 b", "--seconds", "20"], "0:00"),
+    (["0:00 a; 0:05 b; 0:02 c", "--seconds", "20"], "increase"),
+    (["0:00 a; b", "--seconds", "5"], "has no time"),
+    (["x", "--seconds", "1", "--model", "nope"], "unknown model"),
+    (["x", "--seconds", "1", "--steps", "0"], "steps"),
+    (["x", "--seconds", "1", "--device", "tpu"], "unknown device"),
+])
+def test_usage_errors_are_one_line_exit_2(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "videomla_app", "generate", "--model", "test-mla", *args,
+                        "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert message in r.stderr and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_file_is_never_replaced_without_force(tmp_path):
+    out = tmp_path / "a.mp4"
+    out.write_bytes(b"precious")
+    r = run(*GEN, "x", "--seconds", 1, "--out", out)
+    assert r.exit_code == 2 and "--force" in r.stderr and out.read_bytes() == b"precious"
+    assert run(*GEN, "x", "--seconds", 1, "--out", out, "--force").exit_code == 0
+    assert probe(out)["frames"] == 8
+
+
+def test_runtime_errors_exit_1(tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions: a folder that is a regular file instead
+        (tmp_path / "file").write_bytes(b"")
+        r = run(*GEN, "x", "--seconds", 1, "--out", tmp_path / "file" / "a.mp4")
+    else:
+        r = run(*GEN, "x", "--seconds", 1, "--out", ro / "a.mp4")
+    assert r.exit_code == 1 and "output folder" in r.stderr
+    import videomla_app.cli_run as cr
+
+    monkeypatch.setattr(cr.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    r = run(*GEN, "x", "--seconds", 1, "--out", tmp_path / "b.mp4")
+    assert r.exit_code == 1 and "not enough disk space" in r.stderr
+    r = run(*GEN, "x", "--seconds", 1, "--model", "tiny", "--out", tmp_path / "c.mp4")
+    assert r.exit_code == 1 and "not shipped" in r.stderr
+
+
+def test_extend_refuses_bad_clips_and_foreign_sessions(tmp_path):
+    r = run("extend", tmp_path / "missing.mp4", "--seconds", 1)
+    assert r.exit_code == 1 and "no such video" in r.stderr
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all")
+    r = run("extend", tmp_path / "junk.mp4", "--seconds", 1)
+    assert r.exit_code == 1 and "cannot read" in r.stderr
+    assert run(*GEN, "x", "--seconds", 1, "--out", tmp_path / "a.mp4").exit_code == 0
+    assert run("generate", "--model", "test-mha", "--no-preview", "y", "--seconds", 1,
+               "--out", tmp_path / "b.mp4").exit_code == 0
+    shutil.copy(session_path_for(tmp_path / "b.mp4"), session_path_for(tmp_path / "a.mp4"))
+    before = (tmp_path / "a.mp4").read_bytes()
+    r = run("extend", tmp_path / "a.mp4", "--seconds", 1, "--in-place")
+    assert r.exit_code == 1 and "belongs to another" in r.stderr
+    assert (tmp_path / "a.mp4").read_bytes() == before
+
+
+def _start(tmp_path, seconds=60):
+    cmd = [sys.executable, "-m", "videomla_app", *GEN, "a red ball", "--seconds", str(seconds),
+           "--out", str(tmp_path / "run.mp4")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_chunks(proc, n, timeout=60):
+    lines, t0 = [], time.time()
+    while len(lines) < n and time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if line.startswith("chunk"):
+            lines.append(line)
+    assert len(lines) == n, "generation did not start"
+
+
+def test_sigint_keeps_finished_chunks_and_prints_how_to_extend(tmp_path):
+    proc = _start(tmp_path)
+    _wait_chunks(proc, 3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    out = tmp_path / "run.mp4"
+    frames = probe(out)["frames"]
+    assert 6 <= frames < 480 and frames % 2 == 0  # whole chunks only
+    assert "stopped early" in stdout and "videomla extend" in stdout and str(out) in stdout
+    assert session_path_for(out).exists() and not partial_path(out).exists()
+    r = run("extend", out, "--seconds", 1, "--no-preview")  # the session continues the stopped run
+    assert r.exit_code == 0, r.stderr
+
+
+def test_sigkill_leaves_a_playable_partial_video(tmp_path):
+    proc = _start(tmp_path)
+    _wait_chunks(proc, 4)
+    proc.kill()
+    proc.wait(timeout=30)
+    part = partial_path(tmp_path / "run.mp4")
+    for _ in range(50):  # ffmpeg finishes the file once its input closes
+        if part.exists() and probe(part)["frames"] >= 8:
+            break
+        time.sleep(0.1)
+    assert probe(part)["frames"] >= 8  # every chunk reported finished is there
