@@ -181,3 +181,26 @@ def test_sigkill_leaves_a_playable_partial_video(tmp_path):
             break
         time.sleep(0.1)
     assert probe(part)["frames"] >= 8  # every chunk reported finished is there
+
+
+def test_extend_footage_made_elsewhere(tmp_path):
+    from videomla_app.video_io import StreamingMP4Writer
+
+    clip = tmp_path / "phone.mp4"
+    w = StreamingMP4Writer(clip, 10, (48, 40))  # another size and frame rate than the model's
+    frames = np.zeros((25, 40, 48, 3), np.uint8)
+    frames[:, :, :, 2] = 150
+    w.write(frames)
+    w.close()
+    r = run("extend", clip, "--seconds", 1, "--model", "test-mla", "--no-preview")
+    assert r.exit_code == 2 and "give a prompt" in r.stderr
+    r = run("extend", clip, "a red ball", "--seconds", 1, "--model", "test-mla", "--no-preview")
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "phone-extended.mp4"
+    info = probe(out)
+    assert info["size"] == (32, 32) and info["fps"] == 8 and info["frames"] == 20 + 8  # 2.5 s at 8 fps + 1 s
+    old = read_frames(out)[0][:20].astype(float)
+    assert abs(old[..., 2].mean() - 150) < 6 and old[..., 0].mean() < 6  # the old frames, resampled
+    assert info["comment"]["continued_from"] == "phone.mp4"
+    r = run("extend", out, "--seconds", 1, "--no-preview")  # and the result continues exactly
+    assert r.exit_code == 0 and probe(tmp_path / "phone-extended-extended.mp4")["frames"] == 36

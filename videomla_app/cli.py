@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .config import PRESETS, get_preset
+from .config import get_preset
 
 app = typer.Typer(name="videomla", help="Minute-long video generation with a latent (MLA) KV cache.",
                   rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]},
@@ -103,10 +103,19 @@ def info(
 
 @app.command()
 def models() -> None:
-    """List the model presets this version knows."""
-    t = Table("name", "attention", "description")
-    for name, p in PRESETS.items():
-        t.add_row(name, p.model.attn, p.description)
+    """List the models: embedded (shipped), download (full size, CUDA) and dev (untrained, for testing).
+
+    [b]Example[/b]
+      videomla models
+    """
+    from .models import ASSETS, REGISTRY
+
+    t = Table("name", "tier", "attention", "status", "description")
+    for e in REGISTRY.values():
+        p = get_preset(e.preset)
+        status = {"dev": "random weights", "download": "not downloadable yet"}.get(
+            e.tier, "shipped" if (ASSETS / e.name / "model.safetensors").exists() else "not shipped yet")
+        t.add_row(e.name, e.tier, p.model.attn, status, e.description)
     out.print(t)
 
 
@@ -115,7 +124,11 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Fewer repetitions.")] = False,
     as_json: Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
 ) -> None:
-    """Time one chunk forward for MHA, MLA-naive, MLA-absorb and MLA-auto on this machine (ratios)."""
+    """Time one chunk forward for MHA, MLA-naive, MLA-absorb and MLA-auto on this machine (ratios).
+
+    [b]Example[/b]
+      videomla bench --quick --json bench.json
+    """
     from .bench import main as bench_main
 
     bench_main(quick=quick, json_path=as_json)

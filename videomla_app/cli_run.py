@@ -196,10 +196,7 @@ def generate(
     elif out_path.is_dir() or not out_path.suffix:
         out_path = out_path / default.name
     path = _check_output(out_path, force, _estimate_bytes(pipe, total))
-    settings = {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
-                "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
-                "dtype": str(pipe.dtype).replace("torch.", ""), "recache": recache}
-    rec = Recording(pipe, timeline, path, pipe.new_state(seed), settings, force=force)
+    rec = Recording(pipe, timeline, path, pipe.new_state(seed), _settings(pipe, model, seed), force=force)
     _finish(_record(rec, pipe.chunks_for_seconds(total), total, as_json=as_json, preview=preview), as_json)
 
 
@@ -212,19 +209,24 @@ def extend(
     seconds: Annotated[float | None, typer.Option("--seconds", help="Seconds to add.")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Output .mp4 (default: CLIP-extended.mp4).")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace CLIP with the extended video.")] = False,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model for clips made elsewhere (ours name theirs).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Seed for clips made elsewhere.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Show a live preview.")] = True,
     force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
 ) -> None:
-    """Continue a video. Clips made by videomla continue exactly from their session file (the result
-    equals a longer run frame for frame); other videos continue from their last frames.
+    """Continue a video: exactly from its session if videomla made it, else from its last frames.
+
+    Clips made by videomla continue from their session file, and the result equals a longer run
+    frame for frame. Other videos are resampled to the model's size and frame rate, their last
+    frames become the context, and the new file holds the old frames followed by the new ones.
 
     [b]Examples[/b]
       videomla extend beach.mp4 --seconds 20
       videomla extend beach.mp4 "the ball turns green" --seconds 30 --in-place
+      videomla extend phone-clip.mov "a red ball bouncing" --seconds 10 --out more.mp4
     """
-    from .session import read_session_meta
     from .video_io import probe
 
     if in_place and out_path is not None:
@@ -238,10 +240,23 @@ def extend(
         raise RuntimeFailure(f"{clip}: cannot read this video (corrupt or not a video)") from None
     if info["frames"] == 0:
         raise RuntimeFailure(f"{clip}: the video has no frames")
+    dest = clip if in_place else (out_path or clip.with_name(clip.stem + "-extended.mp4"))
+    if dest.suffix.lower() != ".mp4":
+        dest = dest.with_suffix(".mp4") if in_place else dest
+    if session_path_for(clip).exists():
+        rec, start = _exact_continuation(clip, info, prompt, device, dest, force or in_place)
+    else:
+        rec, start = _continue_footage(clip, prompt, model, seed, device, dest, force)
+    _check_output(dest, force or in_place, _estimate_bytes(rec.pipe, add))
+    n = rec.pipe.chunks_for_seconds(add)
+    _finish(_record(rec, n, start + add, as_json=as_json, preview=preview), as_json)
+
+
+def _exact_continuation(clip: Path, info: dict, prompt: str, device: str, dest: Path, force: bool):
+    """Our clip: restore its session (cache, RNG, decoder) and append to its encoded frames."""
+    from .session import load_session, read_session_meta
+
     session = session_path_for(clip)
-    if not session.exists():
-        raise RuntimeFailure(f"{clip}: no videomla session file ({session.name}) beside it; continuing "
-                             "videos made elsewhere is not supported by this version yet")
     try:
         meta = read_session_meta(session)
     except ValueError as e:
@@ -249,16 +264,14 @@ def extend(
     extra = json.loads(meta["extra"])
     if "video_sha256" in extra:
         if file_sha256(clip) != extra["video_sha256"]:
-            raise RuntimeFailure(f"{session.name} belongs to another version of {clip.name} (the video changed "
-                                 "after it was made); exact continuation is not possible")
+            raise RuntimeFailure(f"{session.name} belongs to another version of {clip.name}; move it away to "
+                                 "continue the video from its pixels instead")
     elif extra.get("pixel_frames") != info["frames"]:
         raise RuntimeFailure(f"{session.name} describes {extra.get('pixel_frames')} frames but {clip.name} has "
                              f"{info['frames']}: the session does not belong to this video")
     s = extra["settings"]
     pipe = _pipeline(meta["model"], device=device, dtype=s["dtype"], steps=len(s["steps"]), window=s["window"],
                      sink=s["sink"], recache=s.get("recache", True))
-    from .session import load_session
-
     try:
         state, timeline, _ = load_session(session, pipe)
     except ValueError as e:
@@ -266,9 +279,38 @@ def extend(
     now = pipe.frame_time(state.frame)
     if prompt.strip():
         timeline = Timeline(timeline.segments + (PromptSegment(now, prompt.strip()),))
-    dest = clip if in_place else (out_path or clip.with_name(clip.stem + "-extended.mp4"))
-    _check_output(dest, force or in_place, _estimate_bytes(pipe, add))
-    rec = Recording(pipe, timeline, dest, state, s, force=force or in_place, base_video=clip,
-                    base_frames=info["frames"])
-    n = pipe.chunks_for_seconds(add)
-    _finish(_record(rec, n, now + add, as_json=as_json, preview=preview), as_json)
+    rec = Recording(pipe, timeline, dest, state, s, force=force, base_video=clip, base_frames=info["frames"])
+    return rec, now
+
+
+def _continue_footage(clip: Path, prompt: str, model: str, seed: int, device: str, dest: Path, force: bool):
+    """Any other video: encode its last frames as context, then generate after them."""
+    from .encoders import pixel_frames
+    from .video_io import read_frames
+
+    if not prompt.strip():
+        raise UsageError(f"{clip.name} was not made by videomla: give a prompt to continue it, "
+                         f"e.g. videomla extend {clip.name} \"a red ball bouncing\"")
+    timeline = Timeline.single(" ".join(prompt.split()))
+    pipe = _pipeline(model, device=device)
+    v = pipe.preset.video
+    try:
+        frames, _ = read_frames(clip, size=(v.width, v.height), fps=v.fps)
+    except ValueError as e:
+        raise RuntimeFailure(str(e)) from None
+    c = pipe.preset.cache
+    ts = pipe.vae.temporal_stride
+    context = frames[-pixel_frames(c.sink_frames + c.window_frames, ts):]
+    state = pipe.new_state(seed)
+    pipe.prime(state, pipe.vae.encode(context), timeline.segments[0].prompt)
+    settings = _settings(pipe, model, seed)
+    settings["continued_from"] = clip.name
+    rec = Recording(pipe, timeline, dest, state, settings, force=force, prefix_frames=frames,
+                    base_frames=len(frames))
+    return rec, len(frames) / v.fps
+
+
+def _settings(pipe, model: str, seed: int) -> dict:
+    return {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
+            "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
+            "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache}

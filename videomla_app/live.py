@@ -55,7 +55,8 @@ class LiveView:
         ev, fps = self.last, self.rate()
         remaining = max(self.total_s * self.fps - self.base_frames - self.frames, 0) / fps if fps else 0
         mem = ev.memory
-        return (f"chunk {ev.index + 1 - self.done_before}/{self.total}  {ev.seconds:6.1f}/{self.total_s:.1f} s  "
+        video_s = (self.base_frames + self.frames) / self.fps
+        return (f"chunk {ev.index + 1 - self.done_before}/{self.total}  {video_s:6.1f}/{self.total_s:.1f} s  "
                 f"{fps:5.1f} fps  ETA {remaining:5.0f} s  cache {fmt_bytes(mem.cache_bytes)} "
                 f"(dense {fmt_bytes(mem.dense_equivalent_bytes)})  RSS {fmt_bytes(mem.rss_bytes)}"
                 + ("  [stopping after this chunk]" if self.stopping else ""))

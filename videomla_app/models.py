@@ -30,14 +30,14 @@ class ModelEntry:
 
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
-    ModelEntry("tiny", "small-mla", "embedded", "embedded MLA model for CPUs (the default)"),
-    ModelEntry("tiny-mha", "small-mha", "embedded", "embedded dense twin of tiny"),
-    ModelEntry("videomla-1.3b", "videomla-1.3b", "download", "the paper's model (Wan2.1-T2V-1.3B + MLA), CUDA GPU"),
-    ModelEntry("self-forcing-1.3b", "self-forcing-1.3b", "download", "dense Self-Forcing baseline, CUDA GPU"),
-    ModelEntry("test-mla", "test-mla", "dev", "untrained tiny MLA model (random weights) for testing the app"),
-    ModelEntry("test-mha", "test-mha", "dev", "untrained tiny dense twin of test-mla"),
-    ModelEntry("small-mla", "small-mla", "dev", "untrained embedded-size MLA model (random weights)"),
-    ModelEntry("small-mha", "small-mha", "dev", "untrained embedded-size dense model (random weights)"),
+    ModelEntry("tiny", "small-mla", "embedded", "CPU model, MLA cache (default)"),
+    ModelEntry("tiny-mha", "small-mha", "embedded", "dense twin of tiny"),
+    ModelEntry("videomla-1.3b", "videomla-1.3b", "download", "paper's model, Wan 1.3B + MLA (GPU)"),
+    ModelEntry("self-forcing-1.3b", "self-forcing-1.3b", "download", "dense Self-Forcing baseline (GPU)"),
+    ModelEntry("test-mla", "test-mla", "dev", "tiny, for tests"),
+    ModelEntry("test-mha", "test-mha", "dev", "tiny dense, for tests"),
+    ModelEntry("small-mla", "small-mla", "dev", "tiny-sized, untrained"),
+    ModelEntry("small-mha", "small-mha", "dev", "tiny-mha-sized, untrained"),
 ]}
 
 

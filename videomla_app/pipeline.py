@@ -170,6 +170,18 @@ class StreamingPipeline:
                          "decode_s": t_decode - t_write, "total_s": t_decode - t_start},
                 memory=read_memory(state.cache, text))
 
+    @torch.no_grad()
+    def prime(self, state: GenerationState, latents: torch.Tensor, prompt: str) -> None:
+        """Continue from existing footage: write its latent frames [B or 1, k, C, h, w] into the
+        cache as context (the cache-write pass, chunk by chunk) and run them through the decoder so
+        its temporal state continues smoothly too."""
+        text = self.text_cache(prompt)
+        latents = latents.expand(self.batch, *latents.shape[1:]) if latents.shape[0] == 1 else latents
+        for g in range(0, latents.shape[1], self.C):
+            lat = latents[:, g:g + self.C].to(self.device, self.dtype)
+            self._write_context(state, lat, text, state.cache.plan(state.frame, lat.shape[1]), None)
+            state.decoder.decode(lat[:1])
+
     def _clock(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -49,6 +49,7 @@ class Recording:
     force: bool = False
     base_video: Path | None = None  # extend: the clip the new frames follow
     base_frames: int = 0
+    prefix_frames: object = None  # extend a foreign clip: its frames (uint8 [n, H, W, 3]) are re-encoded first
     session_every_s: float = 30.0
     frames_written: int = 0
     chunks_done: int = 0
@@ -78,7 +79,9 @@ class Recording:
             raise FileExistsError(f"{self.out} exists (use --force to replace it)")
         v = self.pipe.preset.video
         writer = StreamingMP4Writer(target, v.fps, (v.width, v.height), metadata=self.metadata(), overwrite=True,
-                                    chunk_frames=self._chunk_frames())
+                                    chunk_frames=None if self.prefix_frames is not None else self._chunk_frames())
+        if self.prefix_frames is not None:
+            writer.write(self.prefix_frames)
         self._last_session = time.monotonic()
         boundary = self.state.snapshot()
         try:
@@ -113,7 +116,7 @@ class Recording:
 
     def _finish(self, writer: StreamingMP4Writer, target: Path) -> None:
         """Land the video at its final path whatever happened; keep the session in step with it."""
-        if writer.frames == 0:
+        if self.frames_written == 0:
             writer.abort()
             partial_path(target).unlink(missing_ok=True)
             return
