@@ -204,3 +204,21 @@ def test_extend_footage_made_elsewhere(tmp_path):
     assert info["comment"]["continued_from"] == "phone.mp4"
     r = run("extend", out, "--seconds", 1, "--no-preview")  # and the result continues exactly
     assert r.exit_code == 0 and probe(tmp_path / "phone-extended-extended.mp4")["frames"] == 36
+
+
+def test_disk_full_mid_run_keeps_the_finished_part(tmp_path, monkeypatch):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        import videomla_app.cli_run as cr
+
+        monkeypatch.setattr(cr.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 0, 10**12))
+        r = run(*GEN, "a red ball", "--seconds", 120, "--out", small / "big.mp4")
+        assert r.exit_code == 1, r.stderr
+        assert "no space left" in r.stderr and "kept in" in r.stderr and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+        kept = partial_path(small / "big.mp4")
+        assert kept.exists() and probe(kept)["frames"] > 0  # the fragments that reached the disk play
+    finally:
+        subprocess.run(["umount", str(small)])

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from . import __version__
 from .config import get_preset
@@ -110,7 +110,8 @@ def models() -> None:
     """
     from .models import ASSETS, REGISTRY
 
-    t = Table("name", "tier", "attention", "status", "description")
+    t = Table("tier", "attention", "status", "description")
+    t.columns.insert(0, Column("name", no_wrap=True, min_width=max(map(len, REGISTRY))))
     for e in REGISTRY.values():
         p = get_preset(e.preset)
         status = {"dev": "random weights", "download": "not downloadable yet"}.get(

@@ -110,10 +110,12 @@ def _record(rec: Recording, n_chunks: int, total_seconds: float, *, as_json: boo
                     console.print(view.line(), highlight=False, soft_wrap=True)
     except KeyboardInterrupt:
         hard = True
-    except OSError as e:
-        raise RuntimeFailure(f"{e} — the finished chunks are in {rec.out}") from None
+    except OSError as e:  # the recording kept the finished part and usually says where
+        rec.failure = rec.failure or f"{e}; the finished part is kept in {rec.out.parent}"
     finally:
         signal.signal(signal.SIGINT, old)
+    if rec.failure:
+        raise RuntimeFailure(rec.failure)
     wall = time.perf_counter() - t0
     mem = view.last.memory if view.last else None
     return {

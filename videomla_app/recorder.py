@@ -55,6 +55,7 @@ class Recording:
     chunks_done: int = 0
     finished: bool = False
     session_ok: bool = True  # False when an interrupt left no consistent state to save
+    failure: str | None = None  # what went wrong while finishing (disk full, ffmpeg error)
     _last_session: float = field(default=0.0, repr=False)
 
     @property
@@ -104,7 +105,10 @@ class Recording:
     def _maybe_save_session(self, ev: ChunkEvent) -> None:
         small = ev.memory is not None and ev.memory.cache_bytes < 64e6
         if small or time.monotonic() - self._last_session > self.session_every_s:
-            self._save_session()
+            try:
+                self._save_session()
+            except OSError:
+                pass  # e.g. disk full: the final save in _finish reports it
 
     def _save_session(self, video_sha256: str | None = None) -> None:
         extra = {"settings": self.settings, "pixel_frames": self.base_frames + self.frames_written,
@@ -115,19 +119,31 @@ class Recording:
         self._last_session = time.monotonic()
 
     def _finish(self, writer: StreamingMP4Writer, target: Path) -> None:
-        """Land the video at its final path whatever happened; keep the session in step with it."""
+        """Land the video at its final path whatever happened; keep the session in step with it.
+
+        If the disk fills up (or ffmpeg fails) the fragmented partial file keeps every fragment
+        that reached the disk, and ``failure`` says where it is."""
         if self.frames_written == 0:
             writer.abort()
             partial_path(target).unlink(missing_ok=True)
             return
-        if self.base_video is None:
+        try:
             writer.close()
-        else:
-            writer.close()
-            concat_videos([self.base_video, target], self.out, self.metadata())
-            target.unlink(missing_ok=True)
-        if self.session_ok:
-            self._save_session(file_sha256(self.out))
-        elif self.session_path.exists():
-            self.session_path.unlink()  # an older session would not match the video
+            if self.base_video is not None:
+                concat_videos([self.base_video, target], self.out, self.metadata())
+                target.unlink(missing_ok=True)
+        except OSError as e:
+            kept = partial_path(target) if partial_path(target).exists() else target
+            self.failure = f"{e}; the finished part is kept in {kept}"
+            self.session_path.unlink(missing_ok=True)  # it would not match the video
+            return
         self.finished = True
+        if not self.session_ok:
+            self.session_path.unlink(missing_ok=True)  # an older session would not match the video
+            return
+        try:
+            self._save_session(file_sha256(self.out))
+        except OSError as e:
+            self.session_ok = False
+            self.session_path.unlink(missing_ok=True)
+            self.failure = f"the video is complete at {self.out}, but its session could not be saved ({e})"

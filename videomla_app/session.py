@@ -43,7 +43,10 @@ def save_session(path: str | Path, pipe: StreamingPipeline, state: GenerationSta
     fd, tmp = tempfile.mkstemp(prefix=".session-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except Exception as e:  # safetensors reports I/O failures (disk full) as its own error type
+            raise OSError(f"cannot write session {path.name}: {str(e).split(': ')[-1]}") from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -69,10 +69,17 @@ class StreamingMP4Writer:
         self.frames += len(frames)
 
     def _stderr(self) -> str:
+        """ffmpeg's last error line (or the likely cause when it printed none)."""
         try:
-            return (self.proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()[-1]
+            lines = (self.proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()
         except Exception:
-            return "unknown error"
+            lines = []
+        if lines:
+            return lines[-1]
+        code = self.proc.poll() or 0
+        if 0 < 256 - code < 134:  # ffmpeg exits with AVERROR(errno) = -errno, i.e. 256 - errno
+            return os.strerror(256 - code).lower()
+        return f"ffmpeg exited with code {code}"
 
     def _finish_ffmpeg(self) -> None:
         if self.proc.stdin and not self.proc.stdin.closed:
