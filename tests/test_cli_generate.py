@@ -115,7 +115,7 @@ def test_runtime_errors_exit_1(tmp_path, monkeypatch):
     else:
         r = run(*GEN, "x", "--seconds", 1, "--out", ro / "a.mp4")
     assert r.exit_code == 1 and "output folder" in r.stderr
-    import videomla_app.cli_run as cr
+    import videomla_app.runs as cr
 
     monkeypatch.setattr(cr.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     r = run(*GEN, "x", "--seconds", 1, "--out", tmp_path / "b.mp4")
@@ -212,7 +212,7 @@ def test_disk_full_mid_run_keeps_the_finished_part(tmp_path, monkeypatch):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(small)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        import videomla_app.cli_run as cr
+        import videomla_app.runs as cr
 
         monkeypatch.setattr(cr.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 0, 10**12))
         r = run(*GEN, "a red ball", "--seconds", 120, "--out", small / "big.mp4")

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from . import __version__
+from .errors import InputError, RunError
 from .config import get_preset
 
 app = typer.Typer(name="videomla", help="Minute-long video generation with a latent (MLA) KV cache.",
@@ -25,13 +26,8 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 
-class UsageError(Exception):
-    """Bad input from the user: one line on stderr, exit code 2."""
-
-
-class RuntimeFailure(Exception):
-    """A failure that is not the user's typing (unreadable file, no disk space...): exit code 1."""
-
+UsageError = InputError  # one line on stderr, exit code 2
+RuntimeFailure = RunError  # one line on stderr, exit code 1
 
 def friendly(fn):
     """Turn our errors into one line on stderr and an exit code (2 usage, 1 runtime)."""

@@ -4,15 +4,10 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import re
 import resource
-import shutil
 import signal
 import time
 from contextlib import closing
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -22,65 +17,10 @@ from rich.live import Live
 
 from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 from .live import LiveView
-from .models import ModelUnavailable, load_pipeline
-from .recorder import Recording, file_sha256, session_path_for
-from .timeline import PromptSegment, Timeline, format_time, parse_timeline, read_timeline_file
-
-MAX_SECONDS = 120 * 60  # longer requests are almost certainly typos (and days of CPU time)
-
-
-def _duration(minutes: float | None, seconds: float | None, default: float | None) -> float:
-    if minutes is not None and seconds is not None:
-        raise UsageError("give either --minutes or --seconds, not both")
-    s = seconds if seconds is not None else (minutes * 60 if minutes is not None else default)
-    if s is None:
-        raise UsageError("give a duration with --minutes or --seconds")
-    if not math.isfinite(s) or s <= 0:
-        raise UsageError(f"duration must be a positive number of seconds, got {s:g}")
-    if s > MAX_SECONDS:
-        raise UsageError(f"duration {s / 60:g} min is longer than the {MAX_SECONDS // 60} min limit")
-    return s
-
-
-def _default_out(prompt: str) -> Path:
-    import platformdirs
-
-    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:48].strip("-") or "video"
-    folder = Path(os.environ.get("VIDEOMLA_OUTPUT_DIR") or Path(platformdirs.user_videos_dir()) / "videomla")
-    return folder / f"{slug}-{datetime.now():%Y%m%d-%H%M%S}.mp4"
-
-
-def _check_output(path: Path, force: bool, est_bytes: int) -> Path:
-    if path.suffix.lower() != ".mp4":
-        raise UsageError(f"output must be an .mp4 file, got {path}")
-    if path.exists() and not force:
-        raise UsageError(f"{path} exists; choose another --out or add --force to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RuntimeFailure(f"cannot create output folder {path.parent}: {e.strerror}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise RuntimeFailure(f"output folder {path.parent} is not writable")
-    free = shutil.disk_usage(path.parent).free
-    if free < est_bytes:
-        raise RuntimeFailure(f"not enough disk space in {path.parent}: about {est_bytes / 1e6:.0f} MB needed, "
-                             f"{free / 1e6:.0f} MB free")
-    return path
-
-
-def _estimate_bytes(pipe, seconds: float) -> int:
-    v = pipe.preset.video
-    frames = seconds * v.fps
-    return int(frames * v.width * v.height * 0.15 + 2 * pipe.new_state(0).cache.nbytes + 10e6)
-
-
-def _pipeline(model: str, **kw):
-    try:
-        return load_pipeline(model, **kw)
-    except ModelUnavailable as e:
-        raise RuntimeFailure(str(e)) from None
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+from .recorder import Recording, session_path_for
+from .runs import (check_output, continue_footage, continue_session, default_output, duration_seconds,
+                   estimate_bytes, open_pipeline, run_settings)
+from .timeline import format_time, parse_timeline, read_timeline_file
 
 
 def _record(rec: Recording, n_chunks: int, total_seconds: float, *, as_json: bool, preview: bool) -> dict:
@@ -187,18 +127,18 @@ def generate(
         timeline = read_timeline_file(timeline_file) if timeline_file else parse_timeline(prompt)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    total = _duration(minutes, seconds, 10.0)
+    total = duration_seconds(minutes, seconds, 10.0)
     if timeline.segments[-1].start_s >= total:
         raise UsageError(f"the timeline switches at {format_time(timeline.segments[-1].start_s)}, "
                          f"after the end of a {total:g} s video")
-    pipe = _pipeline(model, device=device, dtype=dtype, steps=steps, window=window, sink=sink, recache=recache)
-    default = _default_out(timeline.segments[0].prompt)
+    pipe = open_pipeline(model, device=device, dtype=dtype, steps=steps, window=window, sink=sink, recache=recache)
+    default = default_output(timeline.segments[0].prompt)
     if out_path is None:
         out_path = default
     elif out_path.is_dir() or not out_path.suffix:
         out_path = out_path / default.name
-    path = _check_output(out_path, force, _estimate_bytes(pipe, total))
-    rec = Recording(pipe, timeline, path, pipe.new_state(seed), _settings(pipe, model, seed), force=force)
+    path = check_output(out_path, force, estimate_bytes(pipe, total))
+    rec = Recording(pipe, timeline, path, pipe.new_state(seed), run_settings(pipe, model, seed), force=force)
     _finish(_record(rec, pipe.chunks_for_seconds(total), total, as_json=as_json, preview=preview), as_json)
 
 
@@ -233,7 +173,7 @@ def extend(
 
     if in_place and out_path is not None:
         raise UsageError("give --out or --in-place, not both")
-    add = _duration(minutes, seconds, 10.0)
+    add = duration_seconds(minutes, seconds, 10.0)
     if not clip.is_file():
         raise RuntimeFailure(f"{clip}: no such video file")
     try:
@@ -246,73 +186,11 @@ def extend(
     if dest.suffix.lower() != ".mp4":
         dest = dest.with_suffix(".mp4") if in_place else dest
     if session_path_for(clip).exists():
-        rec, start = _exact_continuation(clip, info, prompt, device, dest, force or in_place)
+        rec, start = continue_session(clip, info, prompt, device, dest, force or in_place)
     else:
-        rec, start = _continue_footage(clip, prompt, model, seed, device, dest, force)
-    _check_output(dest, force or in_place, _estimate_bytes(rec.pipe, add))
+        rec, start = continue_footage(clip, prompt, model, seed, device, dest, force)
+    check_output(dest, force or in_place, estimate_bytes(rec.pipe, add))
     n = rec.pipe.chunks_for_seconds(add)
     _finish(_record(rec, n, start + add, as_json=as_json, preview=preview), as_json)
 
 
-def _exact_continuation(clip: Path, info: dict, prompt: str, device: str, dest: Path, force: bool):
-    """Our clip: restore its session (cache, RNG, decoder) and append to its encoded frames."""
-    from .session import load_session, read_session_meta
-
-    session = session_path_for(clip)
-    try:
-        meta = read_session_meta(session)
-    except ValueError as e:
-        raise RuntimeFailure(str(e)) from None
-    extra = json.loads(meta["extra"])
-    if "video_sha256" in extra:
-        if file_sha256(clip) != extra["video_sha256"]:
-            raise RuntimeFailure(f"{session.name} belongs to another version of {clip.name}; move it away to "
-                                 "continue the video from its pixels instead")
-    elif extra.get("pixel_frames") != info["frames"]:
-        raise RuntimeFailure(f"{session.name} describes {extra.get('pixel_frames')} frames but {clip.name} has "
-                             f"{info['frames']}: the session does not belong to this video")
-    s = extra["settings"]
-    pipe = _pipeline(meta["model"], device=device, dtype=s["dtype"], steps=len(s["steps"]), window=s["window"],
-                     sink=s["sink"], recache=s.get("recache", True))
-    try:
-        state, timeline, _ = load_session(session, pipe)
-    except ValueError as e:
-        raise RuntimeFailure(str(e)) from None
-    now = pipe.frame_time(state.frame)
-    if prompt.strip():
-        timeline = Timeline(timeline.segments + (PromptSegment(now, prompt.strip()),))
-    rec = Recording(pipe, timeline, dest, state, s, force=force, base_video=clip, base_frames=info["frames"])
-    return rec, now
-
-
-def _continue_footage(clip: Path, prompt: str, model: str, seed: int, device: str, dest: Path, force: bool):
-    """Any other video: encode its last frames as context, then generate after them."""
-    from .encoders import pixel_frames
-    from .video_io import read_frames
-
-    if not prompt.strip():
-        raise UsageError(f"{clip.name} was not made by videomla: give a prompt to continue it, "
-                         f"e.g. videomla extend {clip.name} \"a red ball bouncing\"")
-    timeline = Timeline.single(" ".join(prompt.split()))
-    pipe = _pipeline(model, device=device)
-    v = pipe.preset.video
-    try:
-        frames, _ = read_frames(clip, size=(v.width, v.height), fps=v.fps)
-    except ValueError as e:
-        raise RuntimeFailure(str(e)) from None
-    c = pipe.preset.cache
-    ts = pipe.vae.temporal_stride
-    context = frames[-pixel_frames(c.sink_frames + c.window_frames, ts):]
-    state = pipe.new_state(seed)
-    pipe.prime(state, pipe.vae.encode(context), timeline.segments[0].prompt)
-    settings = _settings(pipe, model, seed)
-    settings["continued_from"] = clip.name
-    rec = Recording(pipe, timeline, dest, state, settings, force=force, prefix_frames=frames,
-                    base_frames=len(frames))
-    return rec, len(frames) / v.fps
-
-
-def _settings(pipe, model: str, seed: int) -> dict:
-    return {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
-            "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
-            "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache}

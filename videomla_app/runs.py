@@ -1,0 +1,138 @@
+"""Setting up runs, shared by every front end: validate a request, open the model, decide where the
+video goes, and build the :class:`~videomla_app.recorder.Recording` (new video, exact continuation
+of our clip, or continuation of footage made elsewhere). Raises InputError / RunError."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from .errors import InputError, RunError
+from .models import ModelUnavailable, load_pipeline
+from .recorder import Recording, file_sha256, session_path_for
+from .timeline import PromptSegment, Timeline
+
+MAX_SECONDS = 120 * 60  # longer requests are almost certainly typos (and days of CPU time)
+
+
+def duration_seconds(minutes: float | None, seconds: float | None, default: float | None) -> float:
+    if minutes is not None and seconds is not None:
+        raise InputError("give either --minutes or --seconds, not both")
+    s = seconds if seconds is not None else (minutes * 60 if minutes is not None else default)
+    if s is None:
+        raise InputError("give a duration with --minutes or --seconds")
+    if not math.isfinite(s) or s <= 0:
+        raise InputError(f"duration must be a positive number of seconds, got {s:g}")
+    if s > MAX_SECONDS:
+        raise InputError(f"duration {s / 60:g} min is longer than the {MAX_SECONDS // 60} min limit")
+    return s
+
+
+def default_output(prompt: str) -> Path:
+    import platformdirs
+
+    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:48].strip("-") or "video"
+    folder = Path(os.environ.get("VIDEOMLA_OUTPUT_DIR") or Path(platformdirs.user_videos_dir()) / "videomla")
+    return folder / f"{slug}-{datetime.now():%Y%m%d-%H%M%S}.mp4"
+
+
+def check_output(path: Path, force: bool, est_bytes: int) -> Path:
+    if path.suffix.lower() != ".mp4":
+        raise InputError(f"output must be an .mp4 file, got {path}")
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; choose another --out or add --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create output folder {path.parent}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise RunError(f"output folder {path.parent} is not writable")
+    free = shutil.disk_usage(path.parent).free
+    if free < est_bytes:
+        raise RunError(f"not enough disk space in {path.parent}: about {est_bytes / 1e6:.0f} MB needed, "
+                             f"{free / 1e6:.0f} MB free")
+    return path
+
+
+def estimate_bytes(pipe, seconds: float) -> int:
+    v = pipe.preset.video
+    frames = seconds * v.fps
+    return int(frames * v.width * v.height * 0.15 + 2 * pipe.new_state(0).cache.nbytes + 10e6)
+
+
+def open_pipeline(model: str, **kw):
+    try:
+        return load_pipeline(model, **kw)
+    except ModelUnavailable as e:
+        raise RunError(str(e)) from None
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def continue_session(clip: Path, info: dict, prompt: str, device: str, dest: Path, force: bool):
+    """Our clip: restore its session (cache, RNG, decoder) and append to its encoded frames."""
+    from .session import load_session, read_session_meta
+
+    session = session_path_for(clip)
+    try:
+        meta = read_session_meta(session)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    extra = json.loads(meta["extra"])
+    if "video_sha256" in extra:
+        if file_sha256(clip) != extra["video_sha256"]:
+            raise RunError(f"{session.name} belongs to another version of {clip.name}; move it away to "
+                                 "continue the video from its pixels instead")
+    elif extra.get("pixel_frames") != info["frames"]:
+        raise RunError(f"{session.name} describes {extra.get('pixel_frames')} frames but {clip.name} has "
+                             f"{info['frames']}: the session does not belong to this video")
+    s = extra["settings"]
+    pipe = open_pipeline(meta["model"], device=device, dtype=s["dtype"], steps=len(s["steps"]), window=s["window"],
+                     sink=s["sink"], recache=s.get("recache", True))
+    try:
+        state, timeline, _ = load_session(session, pipe)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    now = pipe.frame_time(state.frame)
+    if prompt.strip():
+        timeline = Timeline(timeline.segments + (PromptSegment(now, prompt.strip()),))
+    rec = Recording(pipe, timeline, dest, state, s, force=force, base_video=clip, base_frames=info["frames"])
+    return rec, now
+
+
+def continue_footage(clip: Path, prompt: str, model: str, seed: int, device: str, dest: Path, force: bool):
+    """Any other video: encode its last frames as context, then generate after them."""
+    from .encoders import pixel_frames
+    from .video_io import read_frames
+
+    if not prompt.strip():
+        raise InputError(f"{clip.name} was not made by videomla: give a prompt to continue it, "
+                         f"e.g. videomla extend {clip.name} \"a red ball bouncing\"")
+    timeline = Timeline.single(" ".join(prompt.split()))
+    pipe = open_pipeline(model, device=device)
+    v = pipe.preset.video
+    try:
+        frames, _ = read_frames(clip, size=(v.width, v.height), fps=v.fps)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    c = pipe.preset.cache
+    ts = pipe.vae.temporal_stride
+    context = frames[-pixel_frames(c.sink_frames + c.window_frames, ts):]
+    state = pipe.new_state(seed)
+    pipe.prime(state, pipe.vae.encode(context), timeline.segments[0].prompt)
+    settings = run_settings(pipe, model, seed)
+    settings["continued_from"] = clip.name
+    rec = Recording(pipe, timeline, dest, state, settings, force=force, prefix_frames=frames,
+                    base_frames=len(frames))
+    return rec, len(frames) / v.fps
+
+
+def run_settings(pipe, model: str, seed: int) -> dict:
+    return {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
+            "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
+            "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache}
