@@ -1,5 +1,8 @@
 """The training loop lowers the loss and resumes exactly; flow matching trains the causal DiT."""
 
+import math
+import os
+
 import torch
 
 from videomla_app.config import get_preset
@@ -55,3 +58,36 @@ def test_chunk_timesteps_share_a_level_per_chunk():
     t = chunk_timesteps(3, 7, 2, s, torch.Generator().manual_seed(0))
     assert t.shape == (3, 7) and torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 4], t[:, 5])
     assert (t > 0).all() and (t <= 1000).all()
+
+
+def test_smoke_recipe_runs_all_stages(tmp_path):
+    """Stage 0 (autoencoder), 1 (dense twin) and 2 (MLA from it by spectral init) end to end."""
+    from videomla_app.encoders import ToyTextEncoder
+    from videomla_app.train.stages import RECIPES, dit_preset, train_ae, train_dit
+
+    r = RECIPES["smoke"]
+    ae = train_ae(r, tmp_path, quiet=True)
+    assert (tmp_path / "ae.safetensors").exists() and ae.latent_std.min() > 0
+    text = ToyTextEncoder(32, 8)
+    mha, t1 = train_dit("mha", r, tmp_path, ae, text, quiet=True)
+    mla, t2 = train_dit("mla", r, tmp_path, ae, text, quiet=True)
+    assert (tmp_path / "mha.safetensors").exists() and (tmp_path / "mla.safetensors").exists()
+    assert all(math.isfinite(x["loss"]) for x in t1.log + t2.log) and len(t2.log) == 4
+    assert dit_preset(r, "mla", ae, text).model.attn == "mla" and mla.cfg.latent_channels == ae.latent_channels
+    # stage 2 starts from stage 1: the non-attention weights were copied before fine-tuning began
+    assert mla.blocks[0].ffn[0].weight.shape == mha.blocks[0].ffn[0].weight.shape
+
+    # ship to an assets folder and generate through the embedded-model loader
+    from videomla_app.models import load_pipeline
+    from videomla_app.train.ship import ship
+
+    ship(tmp_path, tmp_path / "assets", r, text)
+    os.environ["VIDEOMLA_ASSETS"] = str(tmp_path / "assets")
+    try:
+        for name in ("tiny", "tiny-mha"):
+            pipe = load_pipeline(name)
+            assert pipe.dtype == torch.bfloat16 and pipe.model.cfg.attn == ("mla" if name == "tiny" else "mha")
+            ev = list(pipe.stream("a red ball", 2, seed=0))
+            assert ev[-1].frames.shape == (r.dit_clip_frames // 2, 32, 32, 3) or ev[-1].frames.shape[1:] == (32, 32, 3)
+    finally:
+        del os.environ["VIDEOMLA_ASSETS"]

@@ -104,14 +104,14 @@ def models() -> None:
     [b]Example[/b]
       videomla models
     """
-    from .models import ASSETS, REGISTRY
+    from .models import REGISTRY, assets_dir
 
     t = Table("tier", "attention", "status", "description")
     t.columns.insert(0, Column("name", no_wrap=True, min_width=max(map(len, REGISTRY))))
     for e in REGISTRY.values():
         p = get_preset(e.preset)
         status = {"dev": "random weights", "download": "not downloadable yet"}.get(
-            e.tier, "shipped" if (ASSETS / e.name / "model.safetensors").exists() else "not shipped yet")
+            e.tier, "shipped" if (assets_dir() / e.name / "model.safetensors").exists() else "not shipped yet")
         t.add_row(e.name, e.tier, p.model.attn, status, e.description)
     out.print(t)
 
@@ -158,4 +158,4 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-from . import cli_run  # noqa: E402,F401  (registers generate and extend)
+from . import cli_run, cli_train  # noqa: E402,F401  (register generate, extend, train)

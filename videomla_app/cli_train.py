@@ -1,0 +1,81 @@
+"""``videomla train``: reproduce the embedded model, stage by stage, resumable across runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli import UsageError, app, friendly, out
+
+
+@app.command()
+@friendly
+def train(
+    stage: Annotated[str, typer.Argument(help="ae, mha, mla, all, or ship (export to assets/).")] = "all",
+    recipe: Annotated[str, typer.Option(help="Recipe: tiny (the shipped model) or smoke (seconds).")] = "tiny",
+    out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the number of steps of every stage.")] = None,
+) -> None:
+    """Train the embedded model on the procedural world (bf16 autocast, seeded, resumable).
+
+    [b]Examples[/b]
+      videomla train all --out runs/tiny --max-minutes 110        # then again with --resume
+      videomla train ae --recipe smoke --out /tmp/smoke
+      videomla train ship --out runs/tiny                          # copy the weights into assets/
+    """
+    from .autoencoder import CausalVideoAE
+    from .train.stages import RECIPES, STAGES, recipe_with, train_ae, train_dit
+
+    if stage not in (*STAGES, "all", "ship"):
+        raise UsageError(f"unknown stage {stage!r}: use ae, mha, mla, all or ship")
+    if recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {recipe!r}: use {', '.join(RECIPES)}")
+    r = recipe_with(recipe, steps=steps) if steps else RECIPES[recipe]
+    if stage == "ship":
+        from .models import assets_dir
+        from .train.ship import ship
+
+        for f in ship(out_dir, assets_dir(), r, _text_encoder(r)):
+            out.print(f"wrote {f}")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = STAGES if stage == "all" else (stage,)
+    ae, t0 = None, time.monotonic()
+
+    def left() -> float | None:  # --max-minutes bounds the whole command, not each stage
+        return None if max_minutes is None else max(0.0, max_minutes - (time.monotonic() - t0) / 60)
+
+    for s in todo:
+        out.print(f"[bold]stage {s}[/bold] ({r.name}) -> {out_dir}")
+        if s == "ae":
+            if (out_dir / "ae.safetensors").exists() and stage == "all":
+                continue
+            ae = train_ae(r, out_dir, resume, left())
+            if not (out_dir / "ae.safetensors").exists():
+                out.print("stopped before the end of stage ae: run again with --resume")
+                return
+            continue
+        ae = ae or CausalVideoAE.load(out_dir / "ae.safetensors")
+        text = _text_encoder(r)
+        if (out_dir / f"{s}.safetensors").exists() and stage == "all":
+            continue
+        _, trainer = train_dit(s, r, out_dir, ae, text, resume, left())
+        if not (out_dir / f"{s}.safetensors").exists():
+            out.print(f"stopped at step {trainer.step}: run again with --resume")
+            return
+    out.print("done")
+
+
+def _text_encoder(recipe):
+    if recipe.name == "smoke":
+        from .encoders import ToyTextEncoder
+
+        return ToyTextEncoder(32, 8)
+    from .text_encoder import MiniLMTextEncoder
+
+    return MiniLMTextEncoder(text_len=16)

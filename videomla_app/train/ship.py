@@ -1,0 +1,46 @@
+"""Export a finished training run to ``assets/``: the weights the app ships and loads offline.
+
+Layout (all safetensors, DiT weights in bf16 to keep the package small)::
+
+    assets/ae.safetensors           the autoencoder, shared by both embedded models
+    assets/tiny/model.safetensors   MLA DiT + model.json (preset name and sizes)
+    assets/tiny-mha/model.safetensors  its dense twin + model.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..autoencoder import CausalVideoAE
+from .stages import Recipe
+
+EXPORTS = {"tiny": ("mla", "mla_preset"), "tiny-mha": ("mha", "mha_preset")}
+
+
+def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path]:
+    """Copy a run's final weights into ``assets``; returns the files written."""
+    written = []
+    assets.mkdir(parents=True, exist_ok=True)
+    ae = CausalVideoAE.load(run_dir / "ae.safetensors")
+    ae.save(assets / "ae.safetensors")
+    written.append(assets / "ae.safetensors")
+    for name, (stage, preset_field) in EXPORTS.items():
+        weights = load_file(str(run_dir / f"{stage}.safetensors"))
+        folder = assets / name
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"),
+                  metadata={"format": "videomla-dit/1"})
+        spec = {"preset": getattr(recipe, preset_field), "latent_channels": ae.latent_channels,
+                "latent_hw": list(ae.cfg.latent_hw), "text_dim": text_encoder.text_dim,
+                "text_len": text_encoder.text_len, "ae": "ae.safetensors",
+                "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
+                "recipe": recipe.name,
+                "train": asdict(getattr(recipe, f"{stage}_train"))}
+        (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
+        written += [folder / "model.safetensors", folder / "model.json"]
+    return written

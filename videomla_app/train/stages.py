@@ -1,0 +1,159 @@
+"""The stages that make the embedded model, each a resumable run of :class:`Trainer` (PAPER §6 in
+miniature): 0 the autoencoder, 1 the dense MHA twin with teacher-forcing flow matching, 2 MLA from
+that twin by spectral initialisation (``convert.py``) and fine-tuning with the same loss.
+
+Data is rendered on the fly by the procedural world (``videomla_app.world``), seeded by step, so
+every stage is reproducible and resumes exactly. A :class:`Recipe` holds every number of a run;
+``RECIPES["tiny"]`` is the one that makes the shipped weights, ``RECIPES["smoke"]`` runs in seconds
+for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import world
+from ..autoencoder import CausalVideoAE, build_autoencoder, reconstruction_loss
+from ..config import Preset, get_preset
+from ..convert import convert_model
+from ..model import build_model
+from .flow import flow_matching_loss
+from .loop import Trainer, TrainConfig
+
+STAGES = ("ae", "mha", "mla")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    ae: str  # autoencoder preset
+    mla_preset: str  # DiT preset of the MLA model; the dense twin is the same with attn="mha"
+    mha_preset: str
+    ae_train: TrainConfig
+    mha_train: TrainConfig
+    mla_train: TrainConfig
+    ae_clip_frames: int = 6
+    dit_clip_frames: int = 12  # latent frames per training clip (a multiple of the chunk)
+    frame_size: int = 128
+    stats_clips: int = 64  # clips used to fit the latent mean/std
+
+
+RECIPES: dict[str, Recipe] = {
+    "tiny": Recipe(
+        "tiny", "ae-128-s8", "small-mla", "small-mha",
+        ae_train=TrainConfig(steps=3000, batch=8, lr=1e-3, warmup=100, ckpt_every=200),
+        mha_train=TrainConfig(steps=4000, batch=8, lr=3e-4, warmup=200, ckpt_every=200),
+        mla_train=TrainConfig(steps=1500, batch=8, lr=2e-4, warmup=100, ckpt_every=200)),
+    "smoke": Recipe(
+        "smoke", "ae-tiny", "test-mla", "test-mha",
+        ae_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
+        mha_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
+        mla_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
+        ae_clip_frames=4, dit_clip_frames=4, frame_size=32, stats_clips=2),
+}
+
+
+def clip_batch(recipe: Recipe, step: int, seed: int, batch: int, n_frames: int) -> tuple[np.ndarray, list[str]]:
+    """``batch`` world clips uint8 [B, F, S, S, 3] and their captions, a pure function of the step."""
+    rng = np.random.default_rng([seed, step, 0x51DE])
+    clips, captions = [], []
+    for _ in range(batch):
+        spec = world.sample_spec(rng)
+        start = int(rng.integers(0, 16 * 120))  # anywhere in the first two minutes of motion
+        clips.append(world.render(spec, start, start + n_frames, size=recipe.frame_size,
+                                  seed=int(rng.integers(1 << 30))))
+        captions.append(world.caption(spec, rng))
+    return np.stack(clips), captions
+
+
+def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float | None = None,
+             quiet: bool = False) -> CausalVideoAE:
+    """Stage 0: the autoencoder, then its latent statistics; writes ``out/ae.safetensors``."""
+    cfg = recipe.ae_train
+    ae = build_autoencoder(recipe.ae, seed=cfg.seed)
+
+    def loss(model, step, gen):
+        frames, _ = clip_batch(recipe, step, cfg.seed, cfg.batch, recipe.ae_clip_frames)
+        return reconstruction_loss(model, frames)
+
+    trainer = Trainer("ae", ae, cfg, out, loss)
+    if resume:
+        trainer.resume()
+    trainer.run(max_minutes, quiet)
+    if trainer.step >= cfg.steps:
+        clips, _ = clip_batch(recipe, 10**6, cfg.seed, recipe.stats_clips, recipe.ae_clip_frames)
+        ae.fit_latent_stats(list(clips))
+        ae.save(out / "ae.safetensors")
+    return ae
+
+
+class LatentData:
+    """Clean latents and prompt token states for DiT training, rendered and encoded on the fly."""
+
+    def __init__(self, recipe: Recipe, ae: CausalVideoAE, text_encoder, seed: int) -> None:
+        self.recipe, self.ae, self.text, self.seed = recipe, ae.eval(), text_encoder, seed
+        self._states: dict[str, torch.Tensor] = {}
+
+    def batch(self, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, captions = clip_batch(self.recipe, step, self.seed, batch, self.recipe.dit_clip_frames)
+        with torch.no_grad():
+            x0 = torch.cat([self.ae.encode(clip) for clip in frames])  # [B, F, C, h, w], normalised
+        missing = [c for c in captions if c not in self._states]
+        if missing:
+            for c, s in zip(missing, self.text.encode(missing)):
+                self._states[c] = s
+        return x0, torch.stack([self._states[c] for c in captions])
+
+
+def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
+              max_minutes: float | None = None, quiet: bool = False, init: str = "spectral"):
+    """Stage 1 (``kind='mha'``) or stage 2 (``'mla'``, initialised from the stage-1 weights)."""
+    cfg = recipe.mha_train if kind == "mha" else recipe.mla_train
+    preset = dit_preset(recipe, kind, ae, text_encoder)
+    if kind == "mha":
+        model = build_model(preset.model, seed=cfg.seed)
+    else:
+        dense = build_model(dit_preset(recipe, "mha", ae, text_encoder).model)
+        dense.load_state_dict(_weights(out / "mha.safetensors"))
+        model = convert_model(dense, preset.model, init, cfg.seed)
+    data = LatentData(recipe, ae, text_encoder, cfg.seed)
+
+    def loss(m, step, gen):
+        x0, text = data.batch(step, cfg.batch)
+        return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen)
+
+    trainer = Trainer(kind, model, cfg, out, loss)
+    if resume:
+        trainer.resume()
+    trainer.run(max_minutes, quiet)
+    if trainer.step >= cfg.steps:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / f"{kind}.safetensors"))
+    return model, trainer
+
+
+def dit_preset(recipe: Recipe, kind: str, ae: CausalVideoAE, text_encoder) -> Preset:
+    """The DiT preset of a stage, with its latent and text sizes taken from the real encoders."""
+    p = get_preset(recipe.mha_preset if kind == "mha" else recipe.mla_preset)
+    model = replace(p.model, latent_channels=ae.latent_channels, latent_hw=ae.cfg.latent_hw,
+                    text_dim=text_encoder.text_dim)
+    return replace(p, model=model, text_len=text_encoder.text_len)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the previous stage first")
+    return load_file(str(path))
+
+
+def recipe_with(name: str, **train_overrides) -> Recipe:
+    """A recipe with some TrainConfig fields changed in every stage (e.g. steps for a quick run)."""
+    r = RECIPES[name]
+    return replace(r, **{f"{s}_train": replace(getattr(r, f"{s}_train"), **train_overrides) for s in STAGES})
