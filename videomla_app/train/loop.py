@@ -104,6 +104,10 @@ class Trainer:
                 self.log.append({"step": self.step, "loss": value, "lr": self.lr_at(self.step - 1),
                                  "elapsed_s": round(self.elapsed + time.monotonic() - t0, 2)})
                 bar.update(task, completed=self.step, loss=f"{value:.4f}")
+                if not quiet and not bar.console.is_terminal and self.step % c.log_every == 0:
+                    recent = [r["loss"] for r in self.log[-c.log_every:]]
+                    print(f"{self.name} step {self.step}/{c.steps} loss {sum(recent) / len(recent):.4f} "
+                          f"({self.log[-1]['elapsed_s']:.0f} s)", flush=True)
                 if self.step % c.ckpt_every == 0:
                     self._checkpoint(t0)
         self._checkpoint(t0)
