@@ -222,3 +222,17 @@ def test_disk_full_mid_run_keeps_the_finished_part(tmp_path, monkeypatch):
         assert kept.exists() and probe(kept)["frames"] > 0  # the fragments that reached the disk play
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_default_output_goes_to_the_videos_folder_named_after_the_prompt(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOMLA_OUTPUT_DIR", str(tmp_path / "videos"))
+    r = run(*GEN, "A Red Ball, bouncing!", "--seconds", 1)
+    assert r.exit_code == 0, r.stderr
+    made = list((tmp_path / "videos").glob("a-red-ball-bouncing-*.mp4"))
+    assert len(made) == 1 and probe(made[0])["frames"] == 8
+    import platformdirs
+
+    monkeypatch.delenv("VIDEOMLA_OUTPUT_DIR")
+    from videomla_app.runs import default_output
+
+    assert default_output("x").parent == __import__("pathlib").Path(platformdirs.user_videos_dir()) / "videomla"
