@@ -19,7 +19,7 @@ from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 from .live import LiveView
 from .recorder import Recording, session_path_for
 from .runs import (check_output, continue_footage, continue_session, default_output, duration_seconds,
-                   estimate_bytes, open_pipeline, run_settings)
+                   estimate_bytes, open_pipeline, prompt_warnings, run_settings)
 from .timeline import format_time, parse_timeline, read_timeline_file
 
 
@@ -138,6 +138,8 @@ def generate(
     elif out_path.is_dir() or not out_path.suffix:
         out_path = out_path / default.name
     path = check_output(out_path, force, estimate_bytes(pipe, total))
+    for warning in prompt_warnings(pipe, timeline):
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     rec = Recording(pipe, timeline, path, pipe.new_state(seed), run_settings(pipe, model, seed), force=force)
     _finish(_record(rec, pipe.chunks_for_seconds(total), total, as_json=as_json, preview=preview), as_json)
 

@@ -136,3 +136,37 @@ def run_settings(pipe, model: str, seed: int) -> dict:
     return {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
             "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
             "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache}
+
+
+def reference_captions(n: int = 400) -> tuple[str, ...]:
+    """A fixed sample of the captions the embedded model was trained on (the world's phrasings)."""
+    import numpy as np
+
+    from . import world
+
+    rng = np.random.default_rng(20261128)
+    return tuple(world.caption(world.sample_spec(rng), rng) for _ in range(n))
+
+
+def prompt_warnings(pipe, timeline: Timeline) -> list[str]:
+    """One warning per prompt that is far from every training caption (never fails the run).
+
+    Only models with a real sentence encoder are checked; the dev models' toy encoder has no notion
+    of similarity.
+    """
+    from .text_encoder import MiniLMTextEncoder, check_prompt
+
+    if not isinstance(pipe.text_encoder, MiniLMTextEncoder):
+        return []
+    import platformdirs
+
+    cache = Path(platformdirs.user_cache_dir("videomla", appauthor=False)) / "reference_captions.npz"
+    out = []
+    for seg in timeline.segments:
+        try:
+            msg = check_prompt(pipe.text_encoder, seg.prompt, reference_captions(), cache_path=cache).message()
+        except OSError:  # an unwritable cache folder must not stop a run
+            msg = check_prompt(pipe.text_encoder, seg.prompt, reference_captions()).message()
+        if msg:
+            out.append(f'"{seg.prompt}": {msg}')
+    return out

