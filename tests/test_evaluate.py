@@ -1,0 +1,139 @@
+"""`videomla eval`: the metrics are right on rendered ground truth and react to each kind of failure;
+model runs, the rank analysis and the CLI work end to end on the untrained dev models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from videomla_app import world
+from videomla_app.config import get_preset
+from videomla_app.evaluate import (PROMPT_SPECS, PROMPTS, evaluate_frames, evaluate_model, evaluate_stream,
+                                   format_table, rank_analysis)
+from videomla_app.eval_metrics import SCORES, segment_bounds
+from videomla_app.model import build_model
+
+FPS, SIZE = 16, 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny dev models run much faster (and steadier) on one thread when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _truth(i: int, seconds: float = 8.0, **changes) -> np.ndarray:
+    spec = PROMPT_SPECS[i].with_(**changes)
+    return world.render(spec, 0, round(seconds * FPS), size=SIZE, seed=i, fps=FPS)
+
+
+def test_prompt_set_names_every_attribute_and_covers_the_vocabulary():
+    assert len(PROMPTS) == 8 and len(set(PROMPTS)) == 8
+    for text, spec in zip(PROMPTS, PROMPT_SPECS):
+        named = world.parse_prompt(text)
+        assert {k: named[k] for k in ("colour", "count", "motion", "scene")} == {
+            "colour": spec.colour, "count": spec.count, "motion": spec.motion, "scene": spec.scene}
+        assert world.spec_from_prompt(text, 123) == spec
+    for attr in ("colour", "count", "motion", "shape"):
+        assert {getattr(s, attr) for s in PROMPT_SPECS} == set(
+            world.spec.COUNTS if attr == "count" else world.VOCAB[attr])
+
+
+@pytest.mark.parametrize("i", range(len(PROMPTS)))
+def test_ground_truth_scores_full_marks(i):
+    segs = evaluate_frames(_truth(i), PROMPTS[i], FPS, segment_s=4, seed=i)
+    assert [(s.start_s, s.end_s) for s in segs] == [(0, 4), (4, 8)]
+    for s in segs:
+        assert s.adherence >= 95 and s.quality >= 90, s
+        assert s.dynamics >= 95 and s.count_stability >= 95 and s.no_flicker >= 95, s
+        assert s.readings == {"colour": PROMPT_SPECS[i].colour, "count": PROMPT_SPECS[i].count,
+                              "motion": PROMPT_SPECS[i].motion, "scene": PROMPT_SPECS[i].scene}
+
+
+def test_frozen_video_has_no_dynamics():
+    frames = _truth(0, 6)
+    frozen = np.repeat(frames[:1], len(frames), axis=0)
+    s = evaluate_frames(frozen, PROMPTS[0], FPS, seed=0)[0]
+    assert s.dynamics == 0 and s.displacement == 0
+    assert s.motion == 0  # a bouncing prompt frozen in place reads as hovering
+
+
+def test_wrong_colour_loses_colour_adherence_only():
+    s = evaluate_frames(_truth(0, 6, colour="blue"), PROMPTS[0], FPS, seed=0)[0]  # the prompt says red
+    assert s.colour <= 5 and s.readings["colour"] == "blue"
+    assert s.scene >= 95 and s.motion >= 95 and s.count >= 95
+
+
+def test_noise_has_low_quality_and_flickers():
+    noise = np.random.default_rng(0).integers(0, 256, (6 * FPS, SIZE, SIZE, 3), dtype=np.uint8)
+    s = evaluate_frames(noise, PROMPTS[1], FPS, seed=1)[0]
+    assert s.quality < 10 and s.no_flicker < 10 and s.scene == 0
+
+
+def test_streaming_in_chunks_equals_one_pass_and_holds_one_segment():
+    frames = _truth(2, 7)
+    whole = evaluate_frames(frames, PROMPTS[2], FPS, segment_s=3, seed=2)
+    chunked = list(evaluate_stream((frames[a:a + 5] for a in range(0, len(frames), 5)), PROMPTS[2], FPS,
+                                   len(frames), segment_s=3, seed=2))
+    assert [s.as_dict() for s in chunked] == [s.as_dict() for s in whole]
+    assert segment_bounds(len(frames), FPS, 3) == [(0, 48), (0 + 48, 112)]  # a 1-s tail joins its neighbour
+
+
+def test_evaluate_model_on_a_dev_model(tmp_path):
+    r = evaluate_model("test-mla", PROMPTS[:1], seconds=3, seed=5)
+    for key in ("model", "attn", "fps", "seconds", "wall_s", "achieved_fps", "peak_rss_bytes", "process_peak_rss_bytes", "cache_bytes",
+                "dense_equivalent_bytes", "prompts", "segments", "mean", "ratio"):
+        assert key in r, key
+    assert r["attn"] == "mla" and r["cache_bytes"] < r["dense_equivalent_bytes"]
+    assert r["frames_generated"] >= 3 * r["fps"] and r["prompts"][0]["seed"] == 5
+    seg = r["prompts"][0]["segments"][0]
+    assert seg["frames"] == 3 * r["fps"] and set(SCORES) <= set(seg)
+    assert all(v is None or 0 <= v <= 100 for k, v in r["mean"].items() if k in SCORES)
+    json.loads(json.dumps(r))  # every number is plain JSON
+    assert format_table(r) is not None
+
+
+def test_rank_analysis_on_small_random_models():
+    dense = build_model(get_preset("test-mha").model, seed=0)
+    mla_cfg = get_preset("test-mla").model
+    mla = build_model(mla_cfg, seed=1)
+    out = rank_analysis(dense, mla, mla_cfg)
+    d_c = mla_cfg.mla.d_c
+    assert out["d_c"] == d_c and len(out["layers"]) == mla_cfg.n_layers
+    for row in out["layers"]:
+        assert row["dense_rank"] > d_c
+        assert row["spectral_init_rank"] <= d_c and row["trained_rank"] <= d_c
+        assert 0 < row["dense_energy_in_d_c"] < 1
+
+
+def _cli():
+    from videomla_app.cli import app
+    import videomla_app.cli_eval  # noqa: F401  (registers 'eval')
+
+    return app
+
+
+def test_cli_prints_table_and_writes_json(tmp_path):
+    path = tmp_path / "eval.json"
+    args = ["eval", "--models", "test-mla,test-mha", "--seconds", "2", "--prompts", "1", "--ranks",
+            "--json", str(path)]
+    r = CliRunner().invoke(_cli(), args)
+    assert r.exit_code == 0, r.output
+    assert "adherence %" in r.output and "count stable %" in r.output and "rank analysis" in r.output
+    report = json.loads(path.read_text())
+    assert report["models"] == ["test-mla", "test-mha"] and report["prompts"] == list(PROMPTS[:1])
+    assert report["seeds"] == [0] and set(report["results"]) == {"test-mla", "test-mha"}
+    assert report["ranks"]["mla_model"] == "test-mla" and report["ranks"]["dense_model"] == "test-mha"
+
+
+def test_cli_rejects_bad_options():
+    app = _cli()
+    for args in (["--models", "test-mla", "--ranks"], ["--models", "nope"], ["--prompts", "9"],
+                 ["--seconds", "0"], ["--prompts", "0"]):
+        r = CliRunner().invoke(app, ["eval", *args])
+        assert r.exit_code == 2, (args, r.output)

@@ -1,0 +1,69 @@
+"""``videomla eval``: score models on the fixed prompt set, per 15-s segment (``evaluate.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli import RuntimeFailure, UsageError, app, err, friendly, out
+
+
+@app.command("eval")
+@friendly
+def eval_models(
+    models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated model names.")] = "tiny,tiny-mha",
+    seconds: Annotated[float, typer.Option(help="Video length per prompt, in seconds.")] = 120.0,
+    prompts: Annotated[int | None, typer.Option(help="Use the first N prompts of the set (0: none).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
+    segment: Annotated[float, typer.Option(help="Report segment length, in seconds.")] = 15.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write every number to this JSON file.")] = None,
+    ranks: Annotated[bool, typer.Option(help="Add the MHA -> MLA rank analysis (needs an MLA model and its "
+                                             "dense twin in --models).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+) -> None:
+    """Generate a fixed set of prompts and report adherence, temporal consistency, dynamics and frame
+    quality per segment (higher is better), plus speed, memory and KV-cache size.
+
+    [b]Examples[/b]
+      videomla eval                                   # tiny vs tiny-mha, 8 prompts x 2 minutes
+      videomla eval --seconds 30 --prompts 2 --json eval.json
+      videomla eval --ranks --prompts 0               # only the rank analysis (seconds)
+    """
+    from .eval_metrics import WINDOW_S
+    from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
+    from .models import ModelUnavailable, get_entry
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise UsageError("--models is empty: name at least one model (see 'videomla models')")
+    for name in names:
+        try:
+            get_entry(name)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    n = len(PROMPTS) if prompts is None else prompts
+    if not 0 <= n <= len(PROMPTS):
+        raise UsageError(f"--prompts must be between 0 and {len(PROMPTS)}, got {n}")
+    if not seconds > 0 or seconds > 3600:
+        raise UsageError(f"--seconds must be between 0 and 3600, got {seconds:g}")
+    if not WINDOW_S <= segment <= 3600:
+        raise UsageError(f"--segment must be at least {WINDOW_S:g} s (one reader window), got {segment:g}")
+    if ranks and rank_pair(names) is None:
+        raise UsageError("--ranks needs an MLA model and its dense twin in --models (e.g. tiny,tiny-mha)")
+    if n == 0 and not ranks:
+        raise UsageError("--prompts 0 without --ranks leaves nothing to do")
+    try:
+        report = evaluate_models(names, PROMPTS[:n], seconds, seed, segment_s=segment, device=device,
+                                 dtype=dtype, ranks=ranks, progress=lambda line: err.print(line, highlight=False))
+    except ModelUnavailable as e:
+        raise RuntimeFailure(str(e)) from None
+    out.print(format_table(report))
+    if json_path is not None:
+        try:
+            write_json(report, json_path)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot write {json_path}: {e}") from None
+        out.print(f"wrote {json_path}", highlight=False)
