@@ -55,14 +55,17 @@ def check_output(path: Path, force: bool, est_bytes: int) -> Path:
     free = shutil.disk_usage(path.parent).free
     if free < est_bytes:
         raise RunError(f"not enough disk space in {path.parent}: about {est_bytes / 1e6:.0f} MB needed, "
-                             f"{free / 1e6:.0f} MB free")
+                       f"{free / 1e6:.0f} MB free")
     return path
 
 
 def estimate_bytes(pipe, seconds: float) -> int:
+    """Disk a run needs: the video (generous 0.15 byte per pixel per frame) plus two sessions."""
+    from .cache import make_cache
+
     v = pipe.preset.video
-    frames = seconds * v.fps
-    return int(frames * v.width * v.height * 0.15 + 2 * pipe.new_state(0).cache.nbytes + 10e6)
+    cache = make_cache(pipe.model.cfg, pipe.preset.cache, pipe.batch, "meta", pipe.dtype)  # sizes only
+    return int(seconds * v.fps * v.width * v.height * 0.15 + 2 * cache.nbytes + 10e6)
 
 
 def open_pipeline(model: str, **kw):
