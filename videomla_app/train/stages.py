@@ -45,7 +45,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(
         "tiny", "ae-128-s8", "small-mla", "small-mha",
-        ae_train=TrainConfig(steps=3000, batch=8, lr=1e-3, warmup=100, ckpt_every=200),
+        ae_train=TrainConfig(steps=1500, batch=8, lr=1e-3, warmup=100, ckpt_every=100),
         mha_train=TrainConfig(steps=4000, batch=8, lr=3e-4, warmup=200, ckpt_every=200),
         mla_train=TrainConfig(steps=1500, batch=8, lr=2e-4, warmup=100, ckpt_every=200)),
     "smoke": Recipe(
