@@ -158,4 +158,4 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-from . import cli_eval, cli_run, cli_train  # noqa: E402,F401  (register generate, extend, train, eval)
+from . import cli_eval, cli_run, cli_train, ui  # noqa: E402,F401  (register generate, extend, train, eval, ui)
