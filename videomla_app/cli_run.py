@@ -17,9 +17,9 @@ from rich.live import Live
 
 from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 from .live import LiveView
-from .recorder import Recording, session_path_for
-from .runs import (check_output, continue_footage, continue_session, default_output, duration_seconds,
-                   estimate_bytes, open_pipeline, prompt_warnings, run_settings)
+from .recorder import Recording
+from .runs import (check_output, default_output, duration_seconds, estimate_bytes, open_pipeline, plan_extension,
+                   prompt_warnings, run_settings)
 from .timeline import format_time, parse_timeline, read_timeline_file
 
 
@@ -171,28 +171,11 @@ def extend(
       videomla extend beach.mp4 "the ball turns green" --seconds 30 --in-place
       videomla extend phone-clip.mov "a red ball bouncing" --seconds 10 --out more.mp4
     """
-    from .video_io import probe
-
     if in_place and out_path is not None:
         raise UsageError("give --out or --in-place, not both")
     add = duration_seconds(minutes, seconds, 10.0)
-    if not clip.is_file():
-        raise RuntimeFailure(f"{clip}: no such video file")
-    try:
-        info = probe(clip)
-    except Exception:
-        raise RuntimeFailure(f"{clip}: cannot read this video (corrupt or not a video)") from None
-    if info["frames"] == 0:
-        raise RuntimeFailure(f"{clip}: the video has no frames")
     dest = clip if in_place else (out_path or clip.with_name(clip.stem + "-extended.mp4"))
-    if dest.suffix.lower() != ".mp4":
-        dest = dest.with_suffix(".mp4") if in_place else dest
-    if session_path_for(clip).exists():
-        rec, start = continue_session(clip, info, prompt, device, dest, force or in_place)
-    else:
-        rec, start = continue_footage(clip, prompt, model, seed, device, dest, force)
-    check_output(dest, force or in_place, estimate_bytes(rec.pipe, add))
-    n = rec.pipe.chunks_for_seconds(add)
-    _finish(_record(rec, n, start + add, as_json=as_json, preview=preview), as_json)
+    rec, n, total = plan_extension(clip, prompt, model, seed, device, dest, force or in_place, add)
+    _finish(_record(rec, n, total, as_json=as_json, preview=preview), as_json)
 
 

@@ -173,3 +173,27 @@ def prompt_warnings(pipe, timeline: Timeline) -> list[str]:
         if msg:
             out.append(f'"{seg.prompt}": {msg}')
     return out
+
+
+def plan_extension(clip: Path, prompt: str, model: str, seed: int, device: str, dest: Path, force: bool,
+                   add_seconds: float, label: str | None = None) -> tuple[Recording, int, float]:
+    """Everything ``extend`` decides, for every front end: read the clip, continue it exactly from
+    its session or from its frames, check the output. Returns (recording, chunks, final length s).
+    ``label`` names the clip in messages (the UI shows upload names, not temp paths)."""
+    from .video_io import probe
+
+    label = label or str(clip)
+    if not clip.is_file():
+        raise RunError(f"{label}: no such video file")
+    try:
+        info = probe(clip)
+    except Exception:
+        raise RunError(f"{label}: cannot read this video (corrupt or not a video)") from None
+    if info["frames"] == 0:
+        raise RunError(f"{label}: the video has no frames")
+    if session_path_for(clip).exists():
+        rec, start = continue_session(clip, info, prompt, device, dest, force)
+    else:
+        rec, start = continue_footage(clip, prompt, model, seed, device, dest, force)
+    check_output(dest, force, estimate_bytes(rec.pipe, add_seconds))
+    return rec, rec.pipe.chunks_for_seconds(add_seconds), start + add_seconds

@@ -22,12 +22,12 @@ from pathlib import Path
 import gradio as gr
 
 from .errors import InputError, RunError
-from .recorder import Recording, file_sha256, session_path_for
-from .runs import (check_output, continue_footage, continue_session, default_output, duration_seconds,
-                   estimate_bytes, open_pipeline, prompt_warnings, run_settings)
+from .recorder import Recording, file_sha256
+from .runs import (check_output, default_output, duration_seconds, estimate_bytes, open_pipeline, plan_extension,
+                   prompt_warnings, run_settings)
 from .timeline import PromptSegment, Timeline, format_time, parse_time, parse_timeline
 from .ui_views import RunView, clock, layer_table, memory_text, note, results_table, status_html
-from .video_io import partial_path, probe
+from .video_io import partial_path
 
 log = logging.getLogger(__name__)
 
@@ -189,20 +189,10 @@ class Handlers:
                 return
             add = self._duration(seconds)
             clip, origin = self._clip(source, upload, results)
-            try:
-                info = probe(clip)
-            except Exception:
-                raise RunError(f"{origin}: cannot read this video (corrupt or not a video)") from None
-            if info["frames"] == 0:
-                raise RunError(f"{origin}: the video has no frames")
             dest = fresh_path(self.folder, Path(origin).stem + "-extended.mp4")
-            if session_path_for(clip).exists():
-                rec, start = continue_session(clip, info, prompt or "", device, dest, False)
-            else:
-                rec, start = continue_footage(clip, prompt or "", model, int(seed or 0), device, dest, False)
-            check_output(dest, False, estimate_bytes(rec.pipe, add))
-            n = rec.pipe.chunks_for_seconds(add)
-            yield from self._record(rec, n, start + add, results, tab, "extending", origin)
+            rec, n, total = plan_extension(clip, prompt or "", model, int(seed or 0), device, dest, False, add,
+                                           label=origin)
+            yield from self._record(rec, n, total, results, tab, "extending", origin)
 
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod
