@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
+from rich.table import Table
 
 from . import __version__
 from .errors import InputError, RunError
@@ -77,6 +77,9 @@ def info(
                          "tokens_per_frame": preset.model.tokens_per_frame,
                          "steps": list(preset.sampler.steps), "shift": preset.sampler.shift},
               "cache": b.as_dict()}
+    from .planner import info_summary
+
+    report["memory_plan"], memory_rows = info_summary(preset, getattr(torch, dtype))
     if as_json:
         out.print_json(json.dumps(report))
         return
@@ -95,25 +98,12 @@ def info(
     t.add_row("reduction", f"{100 * b.reduction:.1f} %", f"{b.dense_total_bytes / b.total_bytes:.1f}x larger")
     out.print(t)
     out.print("The cache is a fixed window: its size does not grow with video length.")
-
-
-@app.command()
-def models() -> None:
-    """List the models: embedded (shipped), download (full size, CUDA) and dev (untrained, for testing).
-
-    [b]Example[/b]
-      videomla models
-    """
-    from .models import REGISTRY, assets_dir
-
-    t = Table("tier", "attention", "status", "description")
-    t.columns.insert(0, Column("name", no_wrap=True, min_width=max(map(len, REGISTRY))))
-    for e in REGISTRY.values():
-        p = get_preset(e.preset)
-        status = {"dev": "random weights", "download": "not downloadable yet"}.get(
-            e.tier, "shipped" if (assets_dir() / e.name / "model.safetensors").exists() else "not shipped yet")
-        t.add_row(e.name, e.tier, p.model.attn, status, e.description)
-    out.print(t)
+    mt = Table(title="peak GPU memory of a run (estimate, batch 1)")
+    mt.add_column("term")
+    mt.add_column("bytes", justify="right")
+    for row in memory_rows:
+        mt.add_row(*row)
+    out.print(mt)
 
 
 @app.command()
@@ -158,4 +148,4 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-from . import cli_eval, cli_run, cli_train, ui  # noqa: E402,F401  (register generate, extend, train, eval, ui)
+from . import cli_eval, cli_inspect, cli_models, cli_run, cli_train, ui  # noqa: E402,F401  (register their commands)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,24 +24,70 @@ from .pipeline import StreamingPipeline
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
+MANIFEST = ASSETS / "models.json"
+ROLES = ("dit", "text_encoder", "tokenizer", "vae")
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a downloadable model on the Hugging Face hub; ``size``/``sha256`` None = unknown."""
+
+    role: str  # one of ROLES
+    repo: str
+    filename: str  # path inside the repo
+    revision: str = "main"
+    size: int | None = None
+    sha256: str | None = None
+    approx_size: int | None = None  # display only
+    component: str | None = None  # shared file group (the Wan pieces), None = the model's own file
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     preset: str
     tier: str  # "embedded" | "download" | "dev"
     description: str
+    files: tuple[HubFile, ...] = ()  # download tier: own files first, then those of its components
+    licence: str = ""
+    min_gpu_gb: float | None = None
+    components: tuple[str, ...] = ()
 
 
-REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
-    ModelEntry("tiny", "small-mla", "embedded", "CPU model, MLA cache (default)"),
-    ModelEntry("tiny-mha", "small-mha", "embedded", "dense twin of tiny"),
-    ModelEntry("videomla-1.3b", "videomla-1.3b", "download", "paper's model, Wan 1.3B + MLA (GPU)"),
-    ModelEntry("self-forcing-1.3b", "self-forcing-1.3b", "download", "dense Self-Forcing baseline (GPU)"),
-    ModelEntry("test-mla", "test-mla", "dev", "tiny, for tests"),
-    ModelEntry("test-mha", "test-mha", "dev", "tiny dense, for tests"),
-    ModelEntry("small-mla", "small-mla", "dev", "tiny-sized, untrained"),
-    ModelEntry("small-mha", "small-mha", "dev", "tiny-mha-sized, untrained"),
-]}
+def load_manifest(path: Path | str | None = None) -> dict[str, ModelEntry]:
+    """Read the model manifest: ``assets/models.json``, or the file ``VIDEOMLA_MANIFEST`` names (tests)."""
+    path = Path(path or os.environ.get("VIDEOMLA_MANIFEST") or MANIFEST)
+    data = json.loads(path.read_text())
+    groups = data.get("components", {})
+    entries: dict[str, ModelEntry] = {}
+    for m in data["models"]:
+        name = m["name"]
+        if m["tier"] not in ("embedded", "download", "dev"):
+            raise ValueError(f"{path}: {name}: unknown tier {m['tier']!r}")
+        unknown = [c for c in m.get("components", []) if c not in groups]
+        if unknown:
+            raise ValueError(f"{path}: {name}: unknown component {unknown[0]!r}")
+        files = [_hub_file(path, name, f, None) for f in m.get("files", [])]
+        for c in m.get("components", []):
+            files += [_hub_file(path, name, f, c) for f in groups[c]["files"]]
+        for role in {f.role for f in files}:  # a role is one file, or one folder of one repo
+            group = [f for f in files if f.role == role]
+            if len({(f.repo, f.revision, f.filename.rpartition("/")[0]) for f in group}) > 1:
+                raise ValueError(f"{path}: {name}: the files of role {role!r} must share one repo folder")
+        entries[name] = ModelEntry(name, m["preset"], m["tier"], m["description"], tuple(files),
+                                   m.get("licence", ""), m.get("min_gpu_gb"), tuple(m.get("components", [])))
+    return entries
+
+
+def _hub_file(path: Path, model: str, f: dict, component: str | None) -> HubFile:
+    sha = f.get("sha256")
+    if f["role"] not in ROLES or (sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise ValueError(f"{path}: {model}: bad file entry {f.get('filename')!r} (role or sha256)")
+    return HubFile(f["role"], f["repo"], f["filename"], f.get("revision") or "main", f.get("size"), sha,
+                   f.get("approx_size"), component)
+
+
+REGISTRY: dict[str, ModelEntry] = load_manifest()
 
 
 class ModelUnavailable(RuntimeError):
@@ -94,14 +141,25 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def load_pipeline(name: str, *, device: str = "auto", dtype: str = "auto", steps: int | None = None,
-                  window: int | None = None, sink: int | None = None, recache: bool = False) -> StreamingPipeline:
-    """Build the streaming pipeline for a registered model."""
+                  window: int | None = None, sink: int | None = None, recache: bool = False,
+                  allow_missing: bool = False, offload_text: bool = False) -> StreamingPipeline:
+    """Build the streaming pipeline for a registered model. ``allow_missing`` and ``offload_text``
+    only concern downloaded models (partial checkpoint loads; umT5 kept on the CPU between encodes)."""
     entry = get_entry(name)
     preset = configure(get_preset(entry.preset), steps, window, sink)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if entry.tier == "download":
-        raise ModelUnavailable(f"{name}: downloading the full model's weights is not supported by this version yet")
+        from .hub import missing_files
+
+        if missing_files(entry):
+            raise ModelUnavailable(f"{name}: its weights are not downloaded: run 'videomla models download {name}'")
+        from .full_model import load_full_pipeline
+        from .hub import role_paths
+
+        return load_full_pipeline(name, preset, role_paths(entry), dev, dt, recache=recache,
+                                  allow_missing=allow_missing, offload_text=offload_text,
+                                  explicit_device=device != "auto")
     if entry.tier == "dev":
         m = preset.model
         model = build_model(m, dev, dt, seed=0)

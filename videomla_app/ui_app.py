@@ -55,7 +55,7 @@ def model_choices() -> list[tuple[str, str]]:
     def status(e) -> str:
         if e.tier == "embedded":
             return "embedded" if (assets_dir() / e.name / "model.safetensors").exists() else "not shipped yet"
-        return "download not supported yet" if e.tier == "download" else "dev"
+        return "GPU, not runnable yet" if e.tier == "download" else "dev"
 
     return [(f"{e.name} · {e.description} ({status(e)})", e.name) for e in REGISTRY.values()]
 
