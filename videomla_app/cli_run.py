@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 
 from .cli import RuntimeFailure, UsageError, app, err, friendly, out
+from .hub import ensure_downloaded
 from .live import LiveView
 from .recorder import Recording
 from .runs import (check_output, default_output, duration_seconds, estimate_bytes, open_pipeline, plan_extension,
@@ -113,6 +114,9 @@ def generate(
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Show a live preview in the terminal.")] = True,
     force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Download a missing full-size model without asking.")] = False,
+    allow_missing: Annotated[bool, typer.Option(help="Full-size models: load a checkpoint that lacks some tensors.")] = False,
+    offload_text: Annotated[bool, typer.Option(help="Full-size models: keep the text encoder on the CPU between prompts.")] = False,
 ) -> None:
     """Generate a video, streaming each chunk to disk as it is made.
 
@@ -131,7 +135,9 @@ def generate(
     if timeline.segments[-1].start_s >= total:
         raise UsageError(f"the timeline switches at {format_time(timeline.segments[-1].start_s)}, "
                          f"after the end of a {total:g} s video")
-    pipe = open_pipeline(model, device=device, dtype=dtype, steps=steps, window=window, sink=sink, recache=recache)
+    ensure_downloaded(model, yes, err)  # a download-tier model's files: ask (terminal), --yes, or say what to run
+    pipe = open_pipeline(model, device=device, dtype=dtype, steps=steps, window=window, sink=sink, recache=recache,
+                         allow_missing=allow_missing, offload_text=offload_text)
     default = default_output(timeline.segments[0].prompt)
     if out_path is None:
         out_path = default
