@@ -91,3 +91,14 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
             assert ev[-1].frames.shape == (r.dit_clip_frames // 2, 32, 32, 3) or ev[-1].frames.shape[1:] == (32, 32, 3)
     finally:
         del os.environ["VIDEOMLA_ASSETS"]
+
+    # the model card is generated from the run's checkpoints: every stage's steps and a loss curve
+    from PIL import Image
+
+    from videomla_app.train.card import write_card
+
+    card = write_card(tmp_path, tmp_path / "assets", r).read_text()
+    for stage in ("ae", "mha", "mla"):
+        assert f"| {stage} | 4 | 2 |" in card
+    assert "![loss curves](loss_curve.png)" in card
+    assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (720, 360)

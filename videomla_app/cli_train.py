@@ -14,12 +14,13 @@ from .cli import UsageError, app, friendly, out
 @app.command()
 @friendly
 def train(
-    stage: Annotated[str, typer.Argument(help="ae, mha, mla, all, or ship (export to assets/).")] = "all",
+    stage: Annotated[str, typer.Argument(help="ae, mha, mla, all, ship (export to assets/) or card (model card).")] = "all",
     recipe: Annotated[str, typer.Option(help="Recipe: tiny (the shipped model) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
     steps: Annotated[int | None, typer.Option(help="Override the number of steps of every stage.")] = None,
+    eval_json: Annotated[Path | None, typer.Option("--eval", help="card: a `videomla eval --json` file to include.")] = None,
 ) -> None:
     """Train the embedded model on the procedural world (bf16 autocast, seeded, resumable).
 
@@ -27,15 +28,27 @@ def train(
       videomla train all --out runs/tiny --max-minutes 110        # then again with --resume
       videomla train ae --recipe smoke --out /tmp/smoke
       videomla train ship --out runs/tiny                          # copy the weights into assets/
+      videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
     """
     from .autoencoder import CausalVideoAE
     from .train.stages import RECIPES, STAGES, recipe_with, train_ae, train_dit
 
-    if stage not in (*STAGES, "all", "ship"):
-        raise UsageError(f"unknown stage {stage!r}: use ae, mha, mla, all or ship")
+    if stage not in (*STAGES, "all", "ship", "card"):
+        raise UsageError(f"unknown stage {stage!r}: use ae, mha, mla, all, ship or card")
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r}: use {', '.join(RECIPES)}")
     r = recipe_with(recipe, steps=steps) if steps else RECIPES[recipe]
+    if stage == "card":
+        import json
+
+        from .models import assets_dir
+        from .train.card import write_card
+
+        if eval_json is not None and not eval_json.is_file():
+            raise UsageError(f"--eval {eval_json}: no such file")
+        report = json.loads(eval_json.read_text()) if eval_json is not None else None
+        out.print(f"wrote {write_card(out_dir, assets_dir(), r, report)}")
+        return
     if stage == "ship":
         from .models import assets_dir
         from .train.ship import ship
