@@ -55,7 +55,11 @@ def model_choices() -> list[tuple[str, str]]:
     def status(e) -> str:
         if e.tier == "embedded":
             return "embedded" if (assets_dir() / e.name / "model.safetensors").exists() else "not shipped yet"
-        return "GPU, not runnable yet" if e.tier == "download" else "dev"
+        if e.tier == "download":  # the UI never downloads: that is `videomla models download NAME`
+            from .hub import missing_files
+
+            return "CUDA GPU, downloaded" if not missing_files(e) else f"CUDA GPU, run: videomla models download {e.name}"
+        return "dev"
 
     return [(f"{e.name} · {e.description} ({status(e)})", e.name) for e in REGISTRY.values()]
 

@@ -46,11 +46,11 @@ RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(
         "tiny", "ae-128-s8", "small-mla", "small-mha",
         ae_train=TrainConfig(steps=1500, batch=8, lr=1e-3, warmup=100, ckpt_every=100),
-        # Sized for the 2-core CPU (measured 1.9 s/step at batch 4 x 9 latent frames, bf16):
-        # stage 1 ~1 h, stage 2 ~25 min. 9 frames = sink + 5 window frames + the chunk, which is
+        # Sized for the 2-core CPU (measured 2.0 s/step at batch 4 x 9 latent frames, bf16):
+        # stage 1 ~80 min, stage 2 ~20 min. 9 frames = sink + 5 window frames + the chunk, which is
         # the inference geometry up to one window frame (positions are window-local).
-        mha_train=TrainConfig(steps=1800, batch=4, lr=5e-4, warmup=100, ckpt_every=100),
-        mla_train=TrainConfig(steps=700, batch=4, lr=2e-4, warmup=50, ckpt_every=100),
+        mha_train=TrainConfig(steps=2400, batch=4, lr=5e-4, warmup=100, ckpt_every=100),
+        mla_train=TrainConfig(steps=600, batch=4, lr=2e-4, warmup=50, ckpt_every=100),
         dit_clip_frames=9),
     "smoke": Recipe(
         "smoke", "ae-tiny", "test-mla", "test-mha",
