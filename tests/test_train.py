@@ -102,3 +102,30 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
         assert f"| {stage} | 4 | 2 |" in card
     assert "![loss curves](loss_curve.png)" in card
     assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (720, 360)
+
+
+def test_object_weighted_loss():
+    """Coverage is exactly where objects are (scenes are static), and weighting is a weighted mean."""
+    import numpy as np
+
+    from videomla_app import world
+    from videomla_app.train.stages import RECIPES, object_coverage
+
+    spec = world.WorldSpec("ball", "red", "large", 1, "bouncing", "day")
+    clip = world.render(spec, 0, 2, size=64, seed=0)[None]  # [1, 2, 64, 64, 3]
+    bg = np.broadcast_to(world.scenes.background("day", 64), clip.shape).copy()
+    cov = object_coverage(np.concatenate([clip, bg]), ["day", "day"], 8)  # [2, 2, 8, 8]
+    assert cov.shape == (2, 2, 8, 8) and 0 < cov[0].max() <= 1 and cov[1].abs().sum() == 0
+    assert 0.005 < cov[0].mean() < 0.3  # one large ball: a few blocks, not the frame
+    assert RECIPES["tiny"].object_weight > 0 and RECIPES["smoke"].object_weight == 0
+
+    model = build_model(P.model, seed=0)
+    x0, text = _data(0, None)
+    ones = torch.ones(2, 6, 1, *P.model.latent_hw)
+    plain = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0))
+    same = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0), weight=3 * ones)
+    assert torch.allclose(plain, same, rtol=1e-5)
+    only_first = torch.zeros_like(ones)
+    only_first[:, 0] = 1
+    first = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0), weight=only_first)
+    assert not torch.allclose(first, plain)

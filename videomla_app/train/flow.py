@@ -44,9 +44,11 @@ def chunk_timesteps(batch: int, n_frames: int, chunk: int, sampler: FlowSampler,
 
 
 def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
-                       sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0
-                       ) -> torch.Tensor:
-    """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]. Returns a scalar."""
+                       sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]; weight: optional
+    per-element loss weight broadcastable to x0 (e.g. [B, F, 1, h, w]), normalised so the loss
+    stays a weighted mean. Returns a scalar."""
     sampler = FlowSampler(sampler_cfg)
     B, n = x0.shape[:2]
     dev = x0.device
@@ -60,4 +62,8 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
     inputs = teacher_forcing_inputs(model, n, cache)
     pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
                                teacher_forcing=True)[:, n:]  # the noisy half
-    return F.mse_loss(pred.float(), sampler.flow_target(x0, eps).float())
+    if weight is None:
+        return F.mse_loss(pred.float(), sampler.flow_target(x0, eps).float())
+    err = (pred.float() - sampler.flow_target(x0, eps).float()) ** 2  # [B, F, C, h, w]
+    w = weight.to(err).expand_as(err)
+    return (err * w).sum() / w.sum()
