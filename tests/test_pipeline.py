@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -38,6 +39,24 @@ def test_same_seed_same_video_other_seed_differs():
     b = _frames(tiny_pipeline().stream("a red ball", 5, seed=7))
     c = _frames(tiny_pipeline().stream("a red ball", 5, seed=8))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def _first_chunk(guidance: float, steps: tuple[int, ...] = (1000, 500), empty: bool = False) -> torch.Tensor:
+    pipe = tiny_pipeline()
+    pipe.preset = replace(pipe.preset, sampler=replace(pipe.preset.sampler, guidance=guidance, steps=steps))
+    pipe.sampler = type(pipe.sampler)(pipe.preset.sampler)
+    if empty:  # the prompt's cross-attention K/V replaced by the empty prompt's
+        pipe._text["a red ball"] = pipe.text_cache("")
+    return next(iter(pipe.stream("a red ball", 1, seed=3))).latents
+
+
+def test_guidance_mixes_prompted_and_empty_prompt_flows():
+    off = _first_chunk(1.0)
+    assert torch.equal(_first_chunk(0.0), _first_chunk(1.0, empty=True))  # g = 0: the empty prompt only
+    assert not torch.equal(_first_chunk(3.0), off)
+    # one step: x0 = x - sigma * v is linear in v, so x0(g) = x0(0) + g * (x0(1) - x0(0))
+    x0 = {g: _first_chunk(g, steps=(1000,)) for g in (0.0, 1.0, 2.5)}
+    torch.testing.assert_close(x0[2.5], x0[0.0] + 2.5 * (x0[1.0] - x0[0.0]), rtol=1e-5, atol=1e-5)
 
 
 def test_timeline_switches_at_chunk_boundaries():

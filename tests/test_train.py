@@ -81,12 +81,16 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     from videomla_app.models import load_pipeline
     from videomla_app.train.ship import ship
 
-    ship(tmp_path, tmp_path / "assets", r, text)
+    from dataclasses import replace
+
+    ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0), text)
     os.environ["VIDEOMLA_ASSETS"] = str(tmp_path / "assets")
     try:
         for name in ("tiny", "tiny-mha"):
             pipe = load_pipeline(name)
             assert pipe.dtype == torch.bfloat16 and pipe.model.cfg.attn == ("mla" if name == "tiny" else "mha")
+            # the shipped sampler default sits between the preset and the user's override
+            assert pipe.preset.sampler.guidance == 2.0 and load_pipeline(name, guidance=1).preset.sampler.guidance == 1
             ev = list(pipe.stream("a red ball", 2, seed=0))
             assert ev[-1].frames.shape == (r.dit_clip_frames // 2, 32, 32, 3) or ev[-1].frames.shape[1:] == (32, 32, 3)
     finally:
@@ -102,6 +106,23 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
         assert f"| {stage} | 4 | 2 |" in card
     assert "![loss curves](loss_curve.png)" in card
     assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (720, 360)
+
+
+def test_caption_dropout_trains_some_clips_on_the_empty_prompt():
+    from dataclasses import replace
+
+    from videomla_app.autoencoder import build_autoencoder
+    from videomla_app.encoders import ToyTextEncoder
+    from videomla_app.train.stages import RECIPES, LatentData
+
+    r = replace(RECIPES["smoke"], caption_dropout=0.5)
+    text = ToyTextEncoder(32, 8)
+    data = LatentData(r, build_autoencoder(r.ae, seed=0), text, seed=0)
+    empty = text.encode([""])[0]
+    dropped = [[torch.equal(s, empty) for s in data.batch(step, 8)[1]] for step in range(4)]
+    assert 0 < sum(map(sum, dropped)) < 32  # some, not all, seeded per step
+    assert dropped == [[torch.equal(s, empty) for s in data.batch(step, 8)[1]] for step in range(4)]
+    assert RECIPES["tiny"].caption_dropout > 0 and RECIPES["smoke"].caption_dropout == 0
 
 
 def test_object_weighted_loss():

@@ -129,6 +129,9 @@ class SamplerConfig:
     shift: float = 5.0
     warp: bool = True  # map the step list through the shifted 1000-step table (Self-Forcing)
     context_noise: float = 0.0  # timestep of the cache-write pass
+    # Classifier-free guidance on the flow: v_empty + g * (v_prompt - v_empty). 1 = off (one model call
+    # per step); > 1 costs a second call per step and needs a model trained with caption dropout.
+    guidance: float = 1.0
     num_train_timesteps: int = 1000
 
 

@@ -152,7 +152,7 @@ class StreamingPipeline:
             inputs = self.model.attn_inputs(step, state.cache)
             x = self._noise(state, self.C)
             for i, t in enumerate(ts):
-                x0 = s.x0_from_flow(x, self.model(x, t, text, state.cache, step, inputs), t)
+                x0 = s.x0_from_flow(x, self._flow(x, t, text, state.cache, step, inputs), t)
                 if i + 1 < len(ts):
                     x = s.add_noise(x0, self._noise(state, self.C), ts[i + 1])
             t_denoise = self._clock()
@@ -169,6 +169,20 @@ class StreamingPipeline:
                 timings={"denoise_s": t_denoise - t_start, "cache_write_s": t_write - t_denoise,
                          "decode_s": t_decode - t_write, "total_s": t_decode - t_start},
                 memory=read_memory(state.cache, text))
+
+    def _flow(self, x: torch.Tensor, t, text: TextKVCache, cache, step, inputs) -> torch.Tensor:
+        """The flow of one denoising step, with classifier-free guidance when the sampler asks for it.
+
+        The empty-prompt call reads the same cache (context written under the prompt) and only
+        swaps the cross-attention K/V; both calls write the chunk's provisional keys, which the
+        cache-write pass overwrites.
+        """
+        v = self.model(x, t, text, cache, step, inputs)  # [B, n, C, h, w]
+        g = self.preset.sampler.guidance
+        if g == 1.0:
+            return v
+        v_empty = self.model(x, t, self.text_cache(""), cache, step, inputs)
+        return v_empty + g * (v - v_empty)
 
     @torch.no_grad()
     def prime(self, state: GenerationState, latents: torch.Tensor, prompt: str) -> None:

@@ -96,7 +96,7 @@ def continue_session(clip: Path, info: dict, prompt: str, device: str, dest: Pat
                              f"{info['frames']}: the session does not belong to this video")
     s = extra["settings"]
     pipe = open_pipeline(meta["model"], device=device, dtype=s["dtype"], steps=len(s["steps"]), window=s["window"],
-                     sink=s["sink"], recache=s.get("recache", True))
+                         sink=s["sink"], recache=s.get("recache", True), guidance=s.get("guidance", 1.0))
     try:
         state, timeline, _ = load_session(session, pipe)
     except ValueError as e:
@@ -138,7 +138,8 @@ def continue_footage(clip: Path, prompt: str, model: str, seed: int, device: str
 def run_settings(pipe, model: str, seed: int) -> dict:
     return {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
             "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
-            "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache}
+            "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache,
+            "guidance": pipe.preset.sampler.guidance}
 
 
 def reference_captions(n: int = 400) -> tuple[str, ...]:

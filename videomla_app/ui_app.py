@@ -85,6 +85,8 @@ def _request_panel(model: str) -> SimpleNamespace:
     with gr.Accordion("Advanced", open=False):
         c.steps = gr.Number(None, label="Denoising steps per chunk", precision=0, minimum=1, maximum=50,
                             info="blank: the model's default (4 for the paper's model)")
+        c.guidance = gr.Number(None, label="Prompt guidance", minimum=0, maximum=20,
+                               info="blank: the model's default; 1 = off (one model call per step, twice as fast)")
         with gr.Row():
             c.window = gr.Number(None, label="Window (latent frames)", precision=0, minimum=0,
                                  info="blank: model default")
@@ -161,7 +163,7 @@ def build_app(model: str, folder) -> gr.Blocks:
         private = {"queue": False, "api_visibility": "private"}
         device = {"concurrency_id": "device", "concurrency_limit": 1, "show_progress_on": [run.status]}
         req.go.click(h.arm, None, buttons + [run.status], **private).then(
-            h.generate, [req.prompt, req.rows, req.seconds, req.seed, req.model, req.steps, req.window,
+            h.generate, [req.prompt, req.rows, req.seconds, req.seed, req.model, req.steps, req.guidance, req.window,
                          req.sink, req.device, req.recache, results], outputs, api_name="generate", **device,
         ).then(h.idle, None, buttons, **private)
         ext.go.click(h.arm, None, buttons + [run.status], **private).then(

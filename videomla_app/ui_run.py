@@ -157,7 +157,7 @@ class Handlers:
 
     # -- runs ----------------------------------------------------------------------------------
     @readable
-    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, window, sink,
+    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, guidance, window, sink,
                  device: str, recache: bool, results: list, request: gr.Request):
         """Make a new video from a prompt or timeline; streams a preview and memory per chunk."""
         with self._job(request) as tab:
@@ -171,7 +171,8 @@ class Handlers:
                                  f"after the end of a {total:g} s video")
             seed = int(seed or 0)
             pipe = open_pipeline(model, device=device, steps=_int_or_none(steps), window=_int_or_none(window),
-                                 sink=_int_or_none(sink), recache=bool(recache))
+                                 sink=_int_or_none(sink), recache=bool(recache),
+                                 guidance=None if guidance in (None, "") else float(guidance))
             path = fresh_path(self.folder, default_output(timeline.segments[0].prompt).name)
             check_output(path, False, estimate_bytes(pipe, total))
             for warning in prompt_warnings(pipe, timeline):

@@ -40,6 +40,7 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
                 "text_len": text_encoder.text_len, "ae": "ae.safetensors",
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
+                "sampler": {"guidance": recipe.guidance},
                 "train": asdict(getattr(recipe, f"{stage}_train"))}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [folder / "model.safetensors", folder / "model.json"]

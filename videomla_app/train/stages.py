@@ -41,18 +41,21 @@ class Recipe:
     frame_size: int = 128
     stats_clips: int = 64  # clips used to fit the latent mean/std
     object_weight: float = 0.0  # extra DiT loss weight on latent pixels covered by objects (0: plain MSE)
+    caption_dropout: float = 0.0  # fraction of DiT clips trained on the empty prompt (for guidance)
+    guidance: float = 1.0  # the shipped models' default guidance scale (model.json "sampler")
 
 
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(
         "tiny", "ae-128-s8", "small-mla", "small-mha",
         ae_train=TrainConfig(steps=1500, batch=8, lr=1e-3, warmup=100, ckpt_every=100),
-        # Sized for the 2-core CPU (measured 2.0 s/step at batch 4 x 9 latent frames, bf16):
-        # stage 1 ~80 min, stage 2 ~20 min. 9 frames = sink + 5 window frames + the chunk, which is
-        # the inference geometry up to one window frame (positions are window-local).
-        mha_train=TrainConfig(steps=2200, batch=4, lr=5e-4, warmup=100, ckpt_every=100),
+        # Sized for the 2-core CPU (measured 1.9-2.0 s/step at batch 4 x 9 latent frames, bf16):
+        # stage 1 ~130 min (two runs with --resume), stage 2 ~17 min. 9 frames = sink + 5 window
+        # frames + the chunk, which is the inference geometry up to one window frame (positions are
+        # window-local).
+        mha_train=TrainConfig(steps=4000, batch=4, lr=5e-4, warmup=100, ckpt_every=100),
         mla_train=TrainConfig(steps=500, batch=4, lr=2e-4, warmup=50, ckpt_every=100),
-        dit_clip_frames=9, object_weight=4.0),
+        dit_clip_frames=9, object_weight=4.0, caption_dropout=0.1),
     "smoke": Recipe(
         "smoke", "ae-tiny", "test-mla", "test-mha",
         ae_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
@@ -126,6 +129,11 @@ class LatentData:
         """Clean latents [B, F, C, h, w], token states [B, L, D] and the per-latent-pixel loss
         weight [B, F, 1, h, w] (None when the recipe does not weight objects)."""
         frames, captions, scenes = clip_batch(self.recipe, step, self.seed, batch, self.recipe.dit_clip_frames)
+        if self.recipe.caption_dropout:
+            # Some clips learn the unconditional flow, so sampling can use classifier-free guidance
+            # (the gap between the prompted and the empty-prompt flow is what makes colours stick).
+            drop = np.random.default_rng([self.seed, step, 0xD0]).random(batch) < self.recipe.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop)]
         with torch.no_grad():
             x0 = torch.cat([self.ae.encode(clip) for clip in frames])  # [B, F, C, h, w], normalised
         missing = [c for c in captions if c not in self._states]
