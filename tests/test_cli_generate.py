@@ -116,13 +116,15 @@ def test_runtime_errors_exit_1(tmp_path, monkeypatch):
     else:
         r = run(*GEN, "x", "--seconds", 1, "--out", ro / "a.mp4")
     assert r.exit_code == 1 and "output folder" in r.stderr
+    with monkeypatch.context() as m:  # a build without the embedded weights
+        m.setenv("VIDEOMLA_ASSETS", str(tmp_path / "no-assets"))
+        r = run(*GEN, "x", "--seconds", 1, "--model", "tiny", "--out", tmp_path / "c.mp4")
+        assert r.exit_code == 1 and "not shipped" in r.stderr
     import videomla_app.runs as cr
 
     monkeypatch.setattr(cr.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     r = run(*GEN, "x", "--seconds", 1, "--out", tmp_path / "b.mp4")
     assert r.exit_code == 1 and "not enough disk space" in r.stderr
-    r = run(*GEN, "x", "--seconds", 1, "--model", "tiny", "--out", tmp_path / "c.mp4")
-    assert r.exit_code == 1 and "not shipped" in r.stderr
 
 
 def test_extend_keeps_the_guidance_of_the_session(tmp_path):

@@ -101,7 +101,8 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
 
     from videomla_app.train.card import write_card
 
-    card = write_card(tmp_path, tmp_path / "assets", r).read_text()
+    card = write_card(tmp_path, tmp_path / "assets", r, notes="Stage 1 was resumed once.").read_text()
+    assert "## Notes on this run\n\nStage 1 was resumed once." in card
     for stage in ("ae", "mha", "mla"):
         assert f"| {stage} | 4 | 2 |" in card
     assert "![loss curves](loss_curve.png)" in card

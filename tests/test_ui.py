@@ -166,7 +166,7 @@ def test_extend_an_uploaded_clip(server, tmp_path):
     ({"table": rows(["0:30", ""])}, "timeline row 1: give both a start time"),
     ({"table": rows(["0:30", "a blue ball"])}, "the timeline switches at 0:30, after the end of a 3 s video"),
     ({"prompt": "0:05 late start"}, "must start at 0:00"),
-    ({"model": "tiny"}, "not shipped"),
+    ({"model": "videomla-1.3b"}, "not downloaded"),
 ])
 def test_bad_input_gives_a_readable_message(server, kwargs, message):
     url, _ = server

@@ -21,6 +21,7 @@ def train(
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
     steps: Annotated[int | None, typer.Option(help="Override the number of steps of every stage.")] = None,
     eval_json: Annotated[Path | None, typer.Option("--eval", help="card: a `videomla eval --json` file to include.")] = None,
+    notes: Annotated[Path | None, typer.Option("--notes", help="card: a markdown file of notes on the run.")] = None,
 ) -> None:
     """Train the embedded model on the procedural world (bf16 autocast, seeded, resumable).
 
@@ -46,8 +47,11 @@ def train(
 
         if eval_json is not None and not eval_json.is_file():
             raise UsageError(f"--eval {eval_json}: no such file")
+        if notes is not None and not notes.is_file():
+            raise UsageError(f"--notes {notes}: no such file")
         report = json.loads(eval_json.read_text()) if eval_json is not None else None
-        out.print(f"wrote {write_card(out_dir, assets_dir(), r, report)}")
+        text = notes.read_text() if notes is not None else None
+        out.print(f"wrote {write_card(out_dir, assets_dir(), r, report, notes=text)}")
         return
     if stage == "ship":
         from .models import assets_dir

@@ -109,8 +109,11 @@ def eval_table(report: dict) -> str:
 
 
 def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | None = None,
-               command: str = "videomla train all --out runs/tiny --resume") -> Path:
-    """Write ``assets/MODEL_CARD.md`` and ``assets/loss_curve.png``; returns the card's path."""
+               command: str = "videomla train all --out runs/tiny --resume", notes: str | None = None) -> Path:
+    """Write ``assets/MODEL_CARD.md`` and ``assets/loss_curve.png``; returns the card's path.
+
+    ``notes`` (markdown) records what the checkpoints cannot: how the run deviated from a clean
+    re-run of the recipe (schedule changes between resumed runs, settings added mid-stage)."""
     logs = stage_logs(run_dir)
     curve = loss_curve(logs, assets / "loss_curve.png")
     rows = []
@@ -133,6 +136,8 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
         "| stage | steps | batch | lr | training time | loss (first → mean of last 50) |",
         "|---|---|---|---|---|---|", *rows, "",
         f"![loss curves]({curve.name})", ""]
+    if notes:
+        text += ["## Notes on this run", "", notes.strip(), ""]
     if eval_report is not None:
         text += ["## Evaluation (`videomla eval`)", "",
                  f"Command: `{eval_report.get('command', 'videomla eval')}`; prompts: "
