@@ -10,7 +10,7 @@ the finished part of a running job and drops a queued one.
 Skipped (with the reason) only when playwright or /usr/bin/chromium is missing and CI is not
 "true"; under CI a missing browser fails. Screenshots go to the test's tmp dir; set
 ``VIDEOMLA_UI_SCREENSHOT=path.png`` to also keep the final one as a small palette PNG. The README's
-``assets/ui_screenshot.png`` is made that way, with ``VIDEOMLA_UI_TEST_MODEL=small-mla``.
+``assets/ui_screenshot.png`` is made that way, with ``VIDEOMLA_UI_TEST_MODEL=tiny``.
 """
 
 import importlib.util
