@@ -29,3 +29,32 @@ def test_bad_step_lists_are_rejected():
     for steps in [(500, 750), (0,), (1200, 500)]:
         with pytest.raises(ValueError):
             FlowSampler(SamplerConfig(steps=steps))
+
+
+def test_euler_step_follows_the_straight_path_exactly():
+    """With the true flow eps - x0 an Euler step lands on the same noisy point the forward process
+    gives (rectified-flow paths are straight), and it never draws noise."""
+    s = FlowSampler(SamplerConfig(warp=False, solver="euler"))
+    x0, eps = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    flow = s.flow_target(x0, eps)
+    x = s.add_noise(x0, eps, s.timesteps[0])
+
+    def no_noise():
+        raise AssertionError("the Euler solver drew noise")
+
+    for t, t_next in zip(s.timesteps, s.timesteps[1:]):
+        x = s.step(x, flow, t, t_next, no_noise)
+        torch.testing.assert_close(x, s.add_noise(x0, eps, t_next))
+
+
+def test_renoise_step_redraws_the_noise():
+    s = FlowSampler(SamplerConfig())
+    x0, eps, fresh = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    t, t_next = s.timesteps[0], s.timesteps[1]
+    x = s.step(s.add_noise(x0, eps, t), s.flow_target(x0, eps), t, t_next, lambda: fresh)
+    torch.testing.assert_close(x, s.add_noise(x0, fresh, t_next))
+
+
+def test_unknown_solver_is_rejected():
+    with pytest.raises(ValueError, match="unknown solver 'heun'"):
+        FlowSampler(SamplerConfig(solver="heun"))

@@ -132,6 +132,12 @@ class SamplerConfig:
     # Classifier-free guidance on the flow: v_empty + g * (v_prompt - v_empty). 1 = off (one model call
     # per step); > 1 costs a second call per step and needs a model trained with caption dropout.
     guidance: float = 1.0
+    # How one step moves to the next timestep. "renoise": predict x0, then re-noise it with fresh
+    # noise (Self-Forcing's sampler, right for few-step *distilled* students). "euler": a
+    # deterministic Euler step along the flow ODE, x += (sigma' - sigma) * flow, which keeps what
+    # the noise already decided (where objects are) instead of redrawing it at every step -- the
+    # right solver for an undistilled flow model, whose x0 guess at high noise is a blurred mean.
+    solver: str = "renoise"
     num_train_timesteps: int = 1000
 
 
@@ -203,7 +209,8 @@ _SMALL = Preset(
     # Undistilled flow model on 16x16 latents: shift 2 trains more low-noise levels than Wan's 5
     # (which is tuned for 60x104 latents), and the steps are not warped, so the last x0 prediction
     # is made from sigma 0.25 instead of 0.625 -- the difference between drawing objects or blur.
-    SamplerConfig(steps=(1000, 750, 500, 250), shift=2.0, warp=False),
+    # Euler steps (not re-noising) for the same reason: colour adherence 25 -> 59 % on 8 prompts.
+    SamplerConfig(steps=(1000, 750, 500, 250), shift=2.0, warp=False, solver="euler"),
     video=VideoConfig(height=128, width=128, fps=16, temporal_stride=1),
     text_len=16, description="embedded-size MLA config")
 for _p in (_TEST, _SMALL):

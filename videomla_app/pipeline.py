@@ -152,9 +152,11 @@ class StreamingPipeline:
             inputs = self.model.attn_inputs(step, state.cache)
             x = self._noise(state, self.C)
             for i, t in enumerate(ts):
-                x0 = s.x0_from_flow(x, self._flow(x, t, text, state.cache, step, inputs), t)
+                v = self._flow(x, t, text, state.cache, step, inputs)
                 if i + 1 < len(ts):
-                    x = s.add_noise(x0, self._noise(state, self.C), ts[i + 1])
+                    x = s.step(x, v, t, ts[i + 1], lambda: self._noise(state, self.C))
+                else:
+                    x0 = s.x0_from_flow(x, v, t)
             t_denoise = self._clock()
             # 2. cache-write pass: the clean chunk's keys become context
             self._write_context(state, x0, text, step, inputs)

@@ -8,6 +8,8 @@ The model predicts the flow ``eps - x0``. Timesteps follow Self-Forcing's FlowMa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .config import SamplerConfig
@@ -19,13 +21,18 @@ def shift_sigma(s: torch.Tensor | float, shift: float) -> torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
+SOLVERS = ("renoise", "euler")
+
+
 class FlowSampler:
-    """Step list, x0 <-> flow conversions and re-noising for the few-step student."""
+    """Step list, x0 <-> flow conversions and the step rule (re-noising or Euler)."""
 
     def __init__(self, cfg: SamplerConfig) -> None:
         self.cfg = cfg
         n = cfg.num_train_timesteps
         self.train_timesteps = shift_sigma(torch.linspace(1.0, 0.0, n + 1)[:-1], cfg.shift) * n  # [n], fp64
+        if cfg.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {cfg.solver!r}; known: {', '.join(SOLVERS)}")
         if any(not 0 < s <= n for s in cfg.steps) or list(cfg.steps) != sorted(cfg.steps, reverse=True):
             raise ValueError(f"denoising steps must decrease within (0, {n}]: {cfg.steps}")
         if cfg.warp:
@@ -52,3 +59,14 @@ class FlowSampler:
     def flow_target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Training target of the flow-matching loss."""
         return noise - x0
+
+    def step(self, x_t: torch.Tensor, flow: torch.Tensor, t: float, t_next: float,
+             noise: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """x at ``t_next`` from x at ``t`` and the model's flow, by the configured solver.
+
+        ``noise`` is only called by the re-noising solver, so the Euler solver draws nothing from
+        the generation RNG (one chunk's noise is all it needs).
+        """
+        if self.cfg.solver == "euler":
+            return x_t + (self.sigma(t_next) - self.sigma(t)) * flow
+        return self.add_noise(self.x0_from_flow(x_t, flow, t), noise(), t_next)
