@@ -70,9 +70,15 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     assert (tmp_path / "ae.safetensors").exists() and ae.latent_std.min() > 0
     text = ToyTextEncoder(32, 8)
     mha, t1 = train_dit("mha", r, tmp_path, ae, text, quiet=True)
+    stage1 = {k: v.clone() for k, v in mha.state_dict().items()}
     mla, t2 = train_dit("mla", r, tmp_path, ae, text, quiet=True)
     assert (tmp_path / "mha.safetensors").exists() and (tmp_path / "mla.safetensors").exists()
     assert all(math.isfinite(x["loss"]) for x in t1.log + t2.log) and len(t2.log) == 4
+    # stage 3: the dense twin gets stage 2's fine-tune, from its stage-1 weights, on stage 2's data
+    twin, t3 = train_dit("twin", r, tmp_path, ae, text, quiet=True)
+    assert twin.cfg.attn == "mha" and (tmp_path / "twin.safetensors").exists() and len(t3.log) == 4
+    assert t3.cfg == r.mla_train and [x["step"] for x in t3.log] == [x["step"] for x in t2.log]
+    assert any(not torch.equal(v, stage1[k]) for k, v in twin.state_dict().items())  # it trained
     assert dit_preset(r, "mla", ae, text).model.attn == "mla" and mla.cfg.latent_channels == ae.latent_channels
     # stage 2 starts from stage 1: the non-attention weights were copied before fine-tuning began
     assert mla.blocks[0].ffn[0].weight.shape == mha.blocks[0].ffn[0].weight.shape
@@ -84,6 +90,10 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     from dataclasses import replace
 
     ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0), text)
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(tmp_path / "assets" / "tiny-mha" / "model.safetensors"))
+    assert all(torch.equal(v, twin.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
     os.environ["VIDEOMLA_ASSETS"] = str(tmp_path / "assets")
     try:
         for name in ("tiny", "tiny-mha"):
@@ -103,7 +113,7 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
 
     card = write_card(tmp_path, tmp_path / "assets", r, notes="Stage 1 was resumed once.").read_text()
     assert "## Notes on this run\n\nStage 1 was resumed once." in card
-    for stage in ("ae", "mha", "mla"):
+    for stage in ("ae", "mha", "mla", "twin"):
         assert f"| {stage} | 4 | 2 |" in card
     assert "![loss curves](loss_curve.png)" in card
     assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (720, 360)
@@ -151,3 +161,4 @@ def test_object_weighted_loss():
     only_first[:, 0] = 1
     first = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0), weight=only_first)
     assert not torch.allclose(first, plain)
+

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from .stages import STAGES, Recipe
 
-_COLOURS = {"ae": (90, 90, 90), "mha": (31, 119, 180), "mla": (214, 39, 40)}
+_COLOURS = {"ae": (90, 90, 90), "mha": (31, 119, 180), "mla": (214, 39, 40), "twin": (44, 160, 44)}
 
 
 def stage_logs(run_dir: Path) -> dict[str, dict]:
@@ -132,7 +132,8 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
         "## Reproduce", "", "```", f"{command}", "videomla train ship --out runs/tiny", "```", "",
         "Stages: 0 autoencoder; 1 dense MHA twin (teacher-forcing flow matching, chunk-causal sink/window mask, "
         "clean context with small noise augmentation, per-chunk noise levels); 2 MLA from the twin by spectral "
-        "initialisation and fine-tuning with the same loss. bf16 autocast, seeded, resumable.", "",
+        "initialisation and fine-tuning with the same loss; 3 (twin) the same fine-tune for the dense twin. "
+        "bf16 autocast, seeded, resumable.", "",
         "| stage | steps | batch | lr | training time | loss (first → mean of last 50) |",
         "|---|---|---|---|---|---|", *rows, "",
         f"![loss curves]({curve.name})", ""]

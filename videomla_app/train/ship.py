@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 from ..autoencoder import CausalVideoAE
 from .stages import Recipe
 
-EXPORTS = {"tiny": ("mla", "mla_preset"), "tiny-mha": ("mha", "mha_preset")}
+# model -> (stage whose weights it ships, preset field); the dense twin ships its stage-3 weights
+# when the run has them (older runs stopped at stage 2).
+EXPORTS = {"tiny": ("mla", "mla_preset"), "tiny-mha": ("twin", "mha_preset")}
 
 
 def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path]:
@@ -30,6 +32,8 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
     ae.save(assets / "ae.safetensors")
     written.append(assets / "ae.safetensors")
     for name, (stage, preset_field) in EXPORTS.items():
+        if stage == "twin" and not (run_dir / "twin.safetensors").exists():
+            stage = "mha"
         weights = load_file(str(run_dir / f"{stage}.safetensors"))
         folder = assets / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -41,7 +45,7 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
                 "sampler": {"guidance": recipe.guidance},
-                "train": asdict(getattr(recipe, f"{stage}_train"))}
+                "train": asdict(getattr(recipe, f"{'mla' if stage == 'twin' else stage}_train"))}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [folder / "model.safetensors", folder / "model.json"]
     return written

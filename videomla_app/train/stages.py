@@ -1,6 +1,8 @@
 """The stages that make the embedded model, each a resumable run of :class:`Trainer` (PAPER §6 in
 miniature): 0 the autoencoder, 1 the dense MHA twin with teacher-forcing flow matching, 2 MLA from
-that twin by spectral initialisation (``convert.py``) and fine-tuning with the same loss.
+that twin by spectral initialisation (``convert.py``) and fine-tuning with the same loss, 3 (``twin``)
+the same fine-tune for the dense twin, from its stage-1 weights, so the shipped pair differs only in
+the attention (stage 2 alone gives MLA 500 extra low-lr steps the twin never had).
 
 Data is rendered on the fly by the procedural world (``videomla_app.world``), seeded by step, so
 every stage is reproducible and resumes exactly. A :class:`Recipe` holds every number of a run;
@@ -24,7 +26,7 @@ from ..model import build_model
 from .flow import flow_matching_loss
 from .loop import Trainer, TrainConfig
 
-STAGES = ("ae", "mha", "mla")
+STAGES = ("ae", "mha", "mla", "twin")
 
 
 @dataclass(frozen=True)
@@ -150,11 +152,15 @@ class LatentData:
 
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral"):
-    """Stage 1 (``kind='mha'``) or stage 2 (``'mla'``, initialised from the stage-1 weights)."""
-    cfg = recipe.mha_train if kind == "mha" else recipe.mla_train
+    """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights) or stage 3
+    (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data)."""
+    cfg = recipe.mha_train if kind == "mha" else recipe.mla_train  # twin: stage 2's schedule
     preset = dit_preset(recipe, kind, ae, text_encoder)
     if kind == "mha":
         model = build_model(preset.model, seed=cfg.seed)
+    elif kind == "twin":
+        model = build_model(preset.model)
+        model.load_state_dict(_weights(out / "mha.safetensors"))
     else:
         dense = build_model(dit_preset(recipe, "mha", ae, text_encoder).model)
         dense.load_state_dict(_weights(out / "mha.safetensors"))
@@ -178,7 +184,7 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
 
 def dit_preset(recipe: Recipe, kind: str, ae: CausalVideoAE, text_encoder) -> Preset:
     """The DiT preset of a stage, with its latent and text sizes taken from the real encoders."""
-    p = get_preset(recipe.mha_preset if kind == "mha" else recipe.mla_preset)
+    p = get_preset(recipe.mla_preset if kind == "mla" else recipe.mha_preset)
     model = replace(p.model, latent_channels=ae.latent_channels, latent_hw=ae.cfg.latent_hw,
                     text_dim=text_encoder.text_dim)
     return replace(p, model=model, text_len=text_encoder.text_len)
@@ -195,4 +201,4 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def recipe_with(name: str, **train_overrides) -> Recipe:
     """A recipe with some TrainConfig fields changed in every stage (e.g. steps for a quick run)."""
     r = RECIPES[name]
-    return replace(r, **{f"{s}_train": replace(getattr(r, f"{s}_train"), **train_overrides) for s in STAGES})
+    return replace(r, **{f"{s}_train": replace(getattr(r, f"{s}_train"), **train_overrides) for s in ("ae", "mha", "mla")})
