@@ -161,4 +161,3 @@ def test_object_weighted_loss():
     only_first[:, 0] = 1
     first = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0), weight=only_first)
     assert not torch.allclose(first, plain)
-
