@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..autoencoder import CausalVideoAE
-from .stages import Recipe
+from .stages import Recipe, stage_config
 
 # model -> (stage whose weights it ships, preset field); the dense twin ships its stage-3 weights
 # when the run has them (older runs stopped at stage 2).
@@ -45,7 +45,7 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
                 "sampler": {"guidance": recipe.guidance},
-                "train": asdict(getattr(recipe, f"{'mla' if stage == 'twin' else stage}_train"))}
+                "train": asdict(stage_config(recipe, stage))}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [folder / "model.safetensors", folder / "model.json"]
     return written

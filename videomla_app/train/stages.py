@@ -154,7 +154,7 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral"):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights) or stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data)."""
-    cfg = recipe.mha_train if kind == "mha" else recipe.mla_train  # twin: stage 2's schedule
+    cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
     if kind == "mha":
         model = build_model(preset.model, seed=cfg.seed)
@@ -198,7 +198,12 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def stage_config(recipe: Recipe, stage: str) -> TrainConfig:
+    """The TrainConfig of a stage; stage 3 (twin) runs stage 2's, which is what makes it a twin."""
+    return getattr(recipe, f"{'mla' if stage == 'twin' else stage}_train")
+
+
 def recipe_with(name: str, **train_overrides) -> Recipe:
     """A recipe with some TrainConfig fields changed in every stage (e.g. steps for a quick run)."""
     r = RECIPES[name]
-    return replace(r, **{f"{s}_train": replace(getattr(r, f"{s}_train"), **train_overrides) for s in ("ae", "mha", "mla")})
+    return replace(r, **{f"{s}_train": replace(stage_config(r, s), **train_overrides) for s in ("ae", "mha", "mla")})
