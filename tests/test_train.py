@@ -3,6 +3,7 @@
 import math
 import os
 
+import pytest
 import torch
 
 from videomla_app.config import get_preset
@@ -89,11 +90,21 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
 
     from dataclasses import replace
 
-    ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0), text)
     from safetensors.torch import load_file
 
+    ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0), text)
     shipped = load_file(str(tmp_path / "assets" / "tiny-mha" / "model.safetensors"))
     assert all(torch.equal(v, twin.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
+    # stage 4: guidance distillation of both; ship then exports the distilled weights
+    for kind, base, attn in (("mla-cfg", mla, "mla"), ("twin-cfg", twin, "mha")):
+        student, t4 = train_dit(kind, r, tmp_path, ae, text, quiet=True)
+        assert student.cfg.attn == attn and t4.cfg == r.distill_train and len(t4.log) == 4
+        assert all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in t4.log)
+        assert any(not torch.equal(v, base.state_dict()[k]) for k, v in student.state_dict().items())
+        ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0), text)
+        folder = "tiny" if attn == "mla" else "tiny-mha"
+        shipped = load_file(str(tmp_path / "assets" / folder / "model.safetensors"))
+        assert all(torch.equal(v, student.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
     os.environ["VIDEOMLA_ASSETS"] = str(tmp_path / "assets")
     try:
         for name in ("tiny", "tiny-mha"):
@@ -113,10 +124,10 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
 
     card = write_card(tmp_path, tmp_path / "assets", r, notes="Stage 1 was resumed once.").read_text()
     assert "## Notes on this run\n\nStage 1 was resumed once." in card
-    for stage in ("ae", "mha", "mla", "twin"):
+    for stage in ("ae", "mha", "mla", "twin", "mla-cfg", "twin-cfg"):
         assert f"| {stage} | 4 | 2 |" in card
     assert "![loss curves](loss_curve.png)" in card
-    assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (720, 360)
+    assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (960, 540)
 
 
 def test_caption_dropout_trains_some_clips_on_the_empty_prompt():
@@ -161,3 +172,79 @@ def test_object_weighted_loss():
     only_first[:, 0] = 1
     first = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0), weight=only_first)
     assert not torch.allclose(first, plain)
+
+
+def _guided_setup(attn):
+    from videomla_app.scheduler import FlowSampler
+
+    preset = get_preset("test-mla" if attn == "mla" else "test-mha")
+    model = build_model(preset.model, seed=3)
+    g = torch.Generator().manual_seed(5)
+    C = preset.cache.chunk_frames
+    n = 3 * C
+    x0 = torch.randn(2, n, preset.model.latent_channels, *preset.model.latent_hw, generator=g)
+    steps = torch.tensor(FlowSampler(preset.sampler).timesteps, dtype=torch.float32)
+    t = steps[torch.tensor([[0, 1, 1], [1, 0, 1]])].repeat_interleave(C, 1)  # [2, n], a level per chunk
+    x_t = FlowSampler(preset.sampler).add_noise(x0, torch.randn(x0.shape, generator=g), t[..., None, None, None])
+    text = torch.randn(2, preset.text_len, preset.model.text_dim, generator=g)
+    return preset, model, x0, x_t, t, text
+
+
+@pytest.mark.parametrize("attn", ["mla", "mha"])
+def test_guided_flow_at_scale_one_is_the_teacher_forcing_prediction(attn):
+    """The distillation target comes from the rolling cache, chunk by chunk (what guided sampling
+    computes); at g = 1 it must be the student's own teacher-forcing prediction, so a student that
+    equals its teacher starts at zero loss and any loss at g > 1 is guidance to learn."""
+    from videomla_app.train.flow import teacher_forcing_inputs
+    from videomla_app.train.guidance import guided_flow
+
+    preset, model, x0, x_t, t, text = _guided_setup(attn)
+    empty = torch.zeros_like(text)
+    target = guided_flow(model, x0, x_t, t, text, empty, preset, 1.0)
+    n = x0.shape[1]
+    with torch.no_grad():
+        tf = model.forward_train(torch.cat([x0, x_t], 1), torch.cat([torch.zeros_like(t), t], 1), text, preset.cache,
+                                 teacher_forcing_inputs(model, n, preset.cache), teacher_forcing=True)[:, n:]
+    torch.testing.assert_close(target, tf, atol=2e-5, rtol=1e-4)
+    # g > 1 moves away from the prompt-only flow by (g - 1) (v - v_empty), linearly in g
+    g2, g3 = (guided_flow(model, x0, x_t, t, text, empty, preset, g) for g in (2.0, 3.0))
+    assert (g2 - target).abs().mean() > 1e-3
+    torch.testing.assert_close(g3 - target, 2 * (g2 - target), atol=2e-5, rtol=1e-4)
+
+
+def test_guided_flow_is_causal_and_uses_the_empty_prompt():
+    """The target of a chunk depends on the empty prompt (the second call) and on the clean context
+    of earlier chunks only: changing chunk 0's context leaves chunk 0's own target alone."""
+    from videomla_app.train.guidance import guided_flow
+
+    preset, model, x0, x_t, t, text = _guided_setup("mla")
+    a = guided_flow(model, x0, x_t, t, text, torch.zeros_like(text), preset, 2.0)
+    b = guided_flow(model, x0, x_t, t, text, torch.ones_like(text), preset, 2.0)
+    assert (a - b).abs().mean() > 1e-4
+    # the context of chunk 2 is x0 of chunks 0-1: changing it changes later chunks only
+    x0b = x0.clone()
+    x0b[:, :preset.cache.chunk_frames] += 1.0
+    c = guided_flow(model, x0b, x_t, t, text, torch.zeros_like(text), preset, 2.0)
+    C = preset.cache.chunk_frames
+    torch.testing.assert_close(c[:, :C], a[:, :C])
+    assert (c[:, C:] - a[:, C:]).abs().mean() > 1e-4
+
+
+def test_guidance_distillation_lowers_its_loss(tmp_path):
+    """A student that starts as its teacher learns the teacher's g = 3 flow on a fixed task."""
+    from videomla_app.train.guidance import guidance_distillation_loss
+
+    preset, teacher, x0, _, _, text = _guided_setup("mla")
+    teacher.requires_grad_(False)
+    student = build_model(preset.model)
+    student.load_state_dict(teacher.state_dict())
+    empty = torch.zeros_like(text)
+
+    def loss(m, step, gen):
+        return guidance_distillation_loss(m, teacher, x0, text, empty, preset, 3.0, step_generator(7, step % 2))
+
+    cfg = TrainConfig(steps=30, batch=2, lr=3e-3, warmup=3, bf16=False, ckpt_every=1000)
+    log = Trainer("cfg", student, cfg, tmp_path, loss).run(quiet=True)
+    first = sum(r["loss"] for r in log[:4]) / 4
+    last = sum(r["loss"] for r in log[-4:]) / 4
+    assert last < 0.5 * first, (first, last)

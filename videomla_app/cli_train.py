@@ -14,7 +14,7 @@ from .cli import UsageError, app, friendly, out
 @app.command()
 @friendly
 def train(
-    stage: Annotated[str, typer.Argument(help="ae, mha, mla, twin, all, ship (export to assets/) or card (model card).")] = "all",
+    stage: Annotated[str, typer.Argument(help="ae, mha, mla, twin, mla-cfg, twin-cfg, all, ship (export to assets/) or card (model card).")] = "all",
     recipe: Annotated[str, typer.Option(help="Recipe: tiny (the shipped model) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
@@ -35,7 +35,7 @@ def train(
     from .train.stages import RECIPES, STAGES, recipe_with, train_ae, train_dit
 
     if stage not in (*STAGES, "all", "ship", "card"):
-        raise UsageError(f"unknown stage {stage!r}: use ae, mha, mla, twin, all, ship or card")
+        raise UsageError(f"unknown stage {stage!r}: use {', '.join(STAGES)}, all, ship or card")
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r}: use {', '.join(RECIPES)}")
     r = recipe_with(recipe, steps=steps) if steps else RECIPES[recipe]

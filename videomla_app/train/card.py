@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 
 from .stages import STAGES, Recipe
 
-_COLOURS = {"ae": (90, 90, 90), "mha": (31, 119, 180), "mla": (214, 39, 40), "twin": (44, 160, 44)}
+_COLOURS = {"ae": (90, 90, 90), "mha": (31, 119, 180), "mla": (214, 39, 40), "twin": (44, 160, 44),
+            "mla-cfg": (148, 103, 189), "twin-cfg": (23, 190, 207)}
 
 
 def stage_logs(run_dir: Path) -> dict[str, dict]:
@@ -39,18 +40,22 @@ def _smooth(values: list[float], k: int) -> list[float]:
     return out
 
 
-def loss_curve(logs: dict[str, dict], path: Path, size: tuple[int, int] = (720, 360)) -> Path:
-    """One panel per stage, log-scale loss (raw in light colour, 50-step mean on top), PNG."""
+def loss_curve(logs: dict[str, dict], path: Path, size: tuple[int, int] = (960, 540)) -> Path:
+    """One panel per stage, three to a row, log-scale loss (raw in light colour, 50-step mean on
+    top), PNG."""
     stages = [s for s in STAGES if s in logs and logs[s]["log"]]
     W, H = size
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    pw = W // max(1, len(stages))
+    cols = min(3, max(1, len(stages)))
+    rows = -(-max(1, len(stages)) // cols)
+    pw, ph = W // cols, H // rows
     for i, s in enumerate(stages):
         log = logs[s]["log"]
         steps = [r["step"] for r in log]
         loss = [max(r["loss"], 1e-6) for r in log]
-        x0, y0, x1, y1 = i * pw + 48, 24, (i + 1) * pw - 12, H - 36
+        col, row = i % cols, i // cols
+        x0, y0, x1, y1 = col * pw + 48, row * ph + 24, (col + 1) * pw - 12, (row + 1) * ph - 36
         lo, hi = torch.tensor(loss).log10().quantile(torch.tensor([0.0, 0.99])).tolist()
         hi = max(hi, lo + 1e-3)
 
@@ -64,7 +69,7 @@ def loss_curve(logs: dict[str, dict], path: Path, size: tuple[int, int] = (720, 
         light = tuple(int(v + (255 - v) * 0.7) for v in c)
         d.line([xy(a, b) for a, b in zip(steps, loss)], fill=light, width=1)
         d.line([xy(a, b) for a, b in zip(steps, _smooth(loss, 50))], fill=c, width=2)
-        d.text((x0, 6), f"stage {s}: loss (log scale), {steps[-1]} steps", fill=(0, 0, 0))
+        d.text((x0, y0 - 18), f"stage {s}: loss (log), {steps[-1]} steps", fill=(0, 0, 0))
         d.text((x0 - 44, y0), f"{10 ** hi:.3g}", fill=(80, 80, 80))
         d.text((x0 - 44, y1 - 10), f"{10 ** lo:.3g}", fill=(80, 80, 80))
         d.text((x0, y1 + 6), f"{steps[0]}", fill=(80, 80, 80))
@@ -132,8 +137,9 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
         "## Reproduce", "", "```", f"{command}", "videomla train ship --out runs/tiny", "```", "",
         "Stages: 0 autoencoder; 1 dense MHA twin (teacher-forcing flow matching, chunk-causal sink/window mask, "
         "clean context with small noise augmentation, per-chunk noise levels); 2 MLA from the twin by spectral "
-        "initialisation and fine-tuning with the same loss; 3 (twin) the same fine-tune for the dense twin. "
-        "bf16 autocast, seeded, resumable.", "",
+        "initialisation and fine-tuning with the same loss; 3 (twin) the same fine-tune for the dense twin; "
+        f"4 (mla-cfg, twin-cfg) guidance distillation: each learns to give in one call the g = {recipe.distill_guidance:g} "
+        "guided flow its stage-2/3 self gives in two (empty-prompt call included). bf16 autocast, seeded, resumable.", "",
         "| stage | steps | batch | lr | training time | loss (first → mean of last 50) |",
         "|---|---|---|---|---|---|", *rows, "",
         f"![loss curves]({curve.name})", ""]

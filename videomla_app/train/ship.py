@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 from ..autoencoder import CausalVideoAE
 from .stages import Recipe, stage_config
 
-# model -> (stage whose weights it ships, preset field); the dense twin ships its stage-3 weights
-# when the run has them (older runs stopped at stage 2).
-EXPORTS = {"tiny": ("mla", "mla_preset"), "tiny-mha": ("twin", "mha_preset")}
+# model -> (stages whose weights it ships, the first the run has; preset field). Each ships its
+# guidance-distilled stage 4 when there is one; older runs stopped at stage 3 or 2.
+EXPORTS = {"tiny": (("mla-cfg", "mla"), "mla_preset"), "tiny-mha": (("twin-cfg", "twin", "mha"), "mha_preset")}
 
 
 def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path]:
@@ -31,9 +31,8 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
     ae = CausalVideoAE.load(run_dir / "ae.safetensors")
     ae.save(assets / "ae.safetensors")
     written.append(assets / "ae.safetensors")
-    for name, (stage, preset_field) in EXPORTS.items():
-        if stage == "twin" and not (run_dir / "twin.safetensors").exists():
-            stage = "mha"
+    for name, (stages, preset_field) in EXPORTS.items():
+        stage = next((s for s in stages if (run_dir / f"{s}.safetensors").exists()), stages[-1])
         weights = load_file(str(run_dir / f"{stage}.safetensors"))
         folder = assets / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 miniature): 0 the autoencoder, 1 the dense MHA twin with teacher-forcing flow matching, 2 MLA from
 that twin by spectral initialisation (``convert.py``) and fine-tuning with the same loss, 3 (``twin``)
 the same fine-tune for the dense twin, from its stage-1 weights, so the shipped pair differs only in
-the attention (stage 2 alone gives MLA 500 extra low-lr steps the twin never had).
+the attention (stage 2 alone gives MLA 500 extra low-lr steps the twin never had); 4 (``mla-cfg``,
+``twin-cfg``) guidance distillation of each (``guidance.py``): the model learns to give in one call
+the guided flow its stage-2/3 self gives in two, so guided quality comes at unguided speed.
 
 Data is rendered on the fly by the procedural world (``videomla_app.world``), seeded by step, so
 every stage is reproducible and resumes exactly. A :class:`Recipe` holds every number of a run;
@@ -24,9 +26,12 @@ from ..config import Preset, get_preset
 from ..convert import convert_model
 from ..model import build_model
 from .flow import flow_matching_loss
+from .guidance import guidance_distillation_loss
 from .loop import Trainer, TrainConfig
 
-STAGES = ("ae", "mha", "mla", "twin")
+STAGES = ("ae", "mha", "mla", "twin", "mla-cfg", "twin-cfg")
+# guidance-distilled stage -> the stage it starts from (and learns from as a frozen teacher)
+DISTILLED_FROM = {"mla-cfg": "mla", "twin-cfg": "twin"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Recipe:
     object_weight: float = 0.0  # extra DiT loss weight on latent pixels covered by objects (0: plain MSE)
     caption_dropout: float = 0.0  # fraction of DiT clips trained on the empty prompt (for guidance)
     guidance: float = 1.0  # the shipped models' default guidance scale (model.json "sampler")
+    distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
+    distill_guidance: float = 2.0  # the guidance scale stage 4 bakes in
 
 
 RECIPES: dict[str, Recipe] = {
@@ -57,12 +64,15 @@ RECIPES: dict[str, Recipe] = {
         # window-local).
         mha_train=TrainConfig(steps=4000, batch=4, lr=5e-4, warmup=100, ckpt_every=100),
         mla_train=TrainConfig(steps=500, batch=4, lr=2e-4, warmup=50, ckpt_every=100),
+        # Stage 4 at ~3 s/step (two teacher calls per chunk, no grad): ~20 min per model.
+        distill_train=TrainConfig(steps=400, batch=4, lr=1e-4, warmup=20, ckpt_every=50),
         dit_clip_frames=9, object_weight=4.0, caption_dropout=0.1),
     "smoke": Recipe(
         "smoke", "ae-tiny", "test-mla", "test-mha",
         ae_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
         mha_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
         mla_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
+        distill_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
         ae_clip_frames=4, dit_clip_frames=4, frame_size=32, stats_clips=2),
 }
 
@@ -152,10 +162,13 @@ class LatentData:
 
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral"):
-    """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights) or stage 3
-    (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data)."""
+    """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
+    (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
+    (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3)."""
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
+    if kind in DISTILLED_FROM:
+        return _distill(kind, recipe, cfg, preset, out, ae, text_encoder, resume, max_minutes, quiet)
     if kind == "mha":
         model = build_model(preset.model, seed=cfg.seed)
     elif kind == "twin":
@@ -171,6 +184,32 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
         x0, text, weight = data.batch(step, cfg.batch)
         return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight)
 
+    return _run(kind, model, cfg, out, loss, resume, max_minutes, quiet)
+
+
+def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: Path, ae: CausalVideoAE,
+             text_encoder, resume: bool, max_minutes: float | None, quiet: bool):
+    """Stage 4: student and frozen teacher both start as the stage-2/3 weights; every clip keeps
+    its prompt (the empty prompt is the teacher's second call, not a training caption)."""
+    base = _weights(out / f"{DISTILLED_FROM[kind]}.safetensors")
+    model, teacher = build_model(preset.model), build_model(preset.model)
+    model.load_state_dict(base)
+    teacher.load_state_dict(base)
+    teacher.requires_grad_(False).eval()
+    data = LatentData(replace(recipe, caption_dropout=0.0), ae, text_encoder, cfg.seed)
+    empty = text_encoder.encode([""])  # [1, L, D]
+
+    def loss(m, step, gen):
+        x0, text, weight = data.batch(step, cfg.batch)
+        return guidance_distillation_loss(m, teacher, x0, text, empty.expand_as(text), preset,
+                                          recipe.distill_guidance, gen, weight=weight)
+
+    return _run(kind, model, cfg, out, loss, resume, max_minutes, quiet)
+
+
+def _run(kind: str, model: torch.nn.Module, cfg: TrainConfig, out: Path, loss, resume: bool,
+         max_minutes: float | None, quiet: bool):
+    """Train (or resume) a DiT stage; its final weights go to ``out/<kind>.safetensors``."""
     trainer = Trainer(kind, model, cfg, out, loss)
     if resume:
         trainer.resume()
@@ -184,7 +223,7 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
 
 def dit_preset(recipe: Recipe, kind: str, ae: CausalVideoAE, text_encoder) -> Preset:
     """The DiT preset of a stage, with its latent and text sizes taken from the real encoders."""
-    p = get_preset(recipe.mla_preset if kind == "mla" else recipe.mha_preset)
+    p = get_preset(recipe.mla_preset if kind in ("mla", "mla-cfg") else recipe.mha_preset)
     model = replace(p.model, latent_channels=ae.latent_channels, latent_hw=ae.cfg.latent_hw,
                     text_dim=text_encoder.text_dim)
     return replace(p, model=model, text_len=text_encoder.text_len)
@@ -199,11 +238,19 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def stage_config(recipe: Recipe, stage: str) -> TrainConfig:
-    """The TrainConfig of a stage; stage 3 (twin) runs stage 2's, which is what makes it a twin."""
+    """The TrainConfig of a stage; stage 3 (twin) runs stage 2's, which is what makes it a twin, and
+    both stage-4 distillations run ``distill_train``."""
+    if stage in DISTILLED_FROM:
+        if recipe.distill_train is None:
+            raise ValueError(f"recipe {recipe.name!r} has no guidance-distillation stage")
+        return recipe.distill_train
     return getattr(recipe, f"{'mla' if stage == 'twin' else stage}_train")
 
 
 def recipe_with(name: str, **train_overrides) -> Recipe:
     """A recipe with some TrainConfig fields changed in every stage (e.g. steps for a quick run)."""
     r = RECIPES[name]
-    return replace(r, **{f"{s}_train": replace(stage_config(r, s), **train_overrides) for s in ("ae", "mha", "mla")})
+    fields = {f"{s}_train": replace(stage_config(r, s), **train_overrides) for s in ("ae", "mha", "mla")}
+    if r.distill_train is not None:
+        fields["distill_train"] = replace(r.distill_train, **train_overrides)
+    return replace(r, **fields)
