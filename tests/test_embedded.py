@@ -2,7 +2,7 @@
 scene, look like the world they were trained on and keep a small cache. These run the real trained
 weights, so they fail if a re-export or a code change breaks the pictures, not just the shapes.
 
-What the weights do not do yet (objects' colour, count and motion follow the prompt only rarely;
+What the weights do not do yet (objects' count and motion follow the prompt only rarely;
 see assets/MODEL_CARD.md) is not asserted here: the tests pin what users can rely on today.
 """
 
@@ -27,8 +27,9 @@ CASES = [
 ]
 OTHER_SCENE = {"day": "night", "space": "beach", "sunset": "snow"}
 # Known failure, pinned so a fix shows: with the Euler solver the MLA model piles the three fast
-# yellow stars into one flickering blob (no flicker 47-50 over the whole eval minute; re-noising
-# gave 75-94 here but lost colour adherence on the whole prompt set, see assets/MODEL_CARD.md).
+# yellow stars into one flickering blob (no flicker 37-47 in every 15-s segment of the 2-minute
+# eval, 61 here; re-noising gave 75-94 but lost colour adherence on the prompt set, see
+# assets/MODEL_CARD.md).
 KNOWN_FLICKER = {("tiny", "space")}
 
 
@@ -76,3 +77,17 @@ def test_generation_draws_the_prompted_world(name, spec, seed, pipes):
         assert m.no_flicker < 75
         pytest.xfail(f"known: {name} flickers on '{prompt}' (no flicker {m.no_flicker:.0f})")
     assert m.no_flicker >= 75  # a steady picture, not per-frame noise
+
+
+def test_default_model_paints_objects_in_the_prompted_colour(pipes):
+    """Colour is the attribute the shipped `tiny` follows best (63 % over the 2-minute eval): it
+    reads back the prompt's object colour on at least two of the three cases (yellow stars and
+    pink hearts; the red ball still comes out blue-dominated, as the stage-2 weights' did too)."""
+    pipe = pipes["tiny"]
+    hits = []
+    for spec, seed in CASES:
+        prompt = world.caption(spec)
+        frames = np.concatenate([e.frames for e in pipe.stream(prompt, pipe.chunks_for_seconds(3.0), seed=seed)])
+        m = evaluate_segment(frames[16:], prompt, pipe.preset.video.fps, start_frame=16, seed=seed)
+        hits.append(m.readings["colour"] == spec.colour)
+    assert sum(hits) >= 2, hits
