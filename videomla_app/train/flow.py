@@ -62,8 +62,13 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
     inputs = teacher_forcing_inputs(model, n, cache)
     pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
                                teacher_forcing=True)[:, n:]  # the noisy half
+    return weighted_mse(pred, sampler.flow_target(x0, eps), weight)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error in fp32; with ``weight`` (broadcastable to pred) a weighted mean."""
     if weight is None:
-        return F.mse_loss(pred.float(), sampler.flow_target(x0, eps).float())
-    err = (pred.float() - sampler.flow_target(x0, eps).float()) ** 2  # [B, F, C, h, w]
+        return F.mse_loss(pred.float(), target.float())
+    err = (pred.float() - target.float()) ** 2  # [B, F, C, h, w]
     w = weight.to(err).expand_as(err)
     return (err * w).sum() / w.sum()

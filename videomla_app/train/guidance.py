@@ -16,13 +16,12 @@ inference steps: those are the only ones the student is ever asked about.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..cache import make_cache
 from ..config import Preset
 from ..model import CausalDiT
 from ..scheduler import FlowSampler
-from .flow import teacher_forcing_inputs
+from .flow import teacher_forcing_inputs, weighted_mse
 
 
 @torch.no_grad()
@@ -66,8 +65,4 @@ def guidance_distillation_loss(student: CausalDiT, teacher: CausalDiT, x0: torch
     inputs = teacher_forcing_inputs(student, n, preset.cache)
     pred = student.forward_train(torch.cat([x0, x_t], 1), torch.cat([torch.zeros_like(t), t], 1), text,
                                  preset.cache, inputs, teacher_forcing=True)[:, n:].float()
-    if weight is None:
-        return F.mse_loss(pred, target)
-    err = (pred - target) ** 2
-    w = weight.to(err).expand_as(err)
-    return (err * w).sum() / w.sum()
+    return weighted_mse(pred, target, weight)
