@@ -30,6 +30,9 @@ def guided_flow(teacher: CausalDiT, x0: torch.Tensor, x_t: torch.Tensor, t: torc
     """The teacher's guided flow for noisy chunks ``x_t`` [B, F, C, h, w] at per-frame timesteps
     ``t`` [B, F], each chunk reading the clean previous chunks of ``x0`` from a rolling cache, as
     in generation. ``text``/``empty``: prompt and empty-prompt token states [B, L, D]."""
+    if preset.sampler.context_noise:
+        raise ValueError("guidance distillation writes the context clean, as the embedded presets sample; "
+                         f"this preset writes it at t = {preset.sampler.context_noise:g}")
     B, n = x0.shape[:2]
     C = preset.cache.chunk_frames
     dt = teacher.patch_embedding.weight.dtype
@@ -40,7 +43,7 @@ def guided_flow(teacher: CausalDiT, x0: torch.Tensor, x_t: torch.Tensor, t: torc
         step = cache.plan(f0, min(C, n - f0))
         inputs = teacher.attn_inputs(step, cache)
         x, tt = x_t[:, f0:f0 + step.n].to(dt), t[:, f0:f0 + step.n]
-        v = teacher(x, tt, prompt, cache, step, inputs).float()  # [B, n, C, h, w]
+        v = teacher(x, tt, prompt, cache, step, inputs).float()  # [B, step.n, C, h, w]
         v_empty = teacher(x, tt, blank, cache, step, inputs).float()
         out.append(v_empty + guidance * (v - v_empty))
         teacher(x0[:, f0:f0 + step.n].to(dt), torch.zeros_like(tt), prompt, cache, step, inputs)  # cache write

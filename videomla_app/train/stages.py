@@ -223,7 +223,7 @@ def _run(kind: str, model: torch.nn.Module, cfg: TrainConfig, out: Path, loss, r
 
 def dit_preset(recipe: Recipe, kind: str, ae: CausalVideoAE, text_encoder) -> Preset:
     """The DiT preset of a stage, with its latent and text sizes taken from the real encoders."""
-    p = get_preset(recipe.mla_preset if kind in ("mla", "mla-cfg") else recipe.mha_preset)
+    p = get_preset(recipe.mla_preset if DISTILLED_FROM.get(kind, kind) == "mla" else recipe.mha_preset)
     model = replace(p.model, latent_channels=ae.latent_channels, latent_hw=ae.cfg.latent_hw,
                     text_dim=text_encoder.text_dim)
     return replace(p, model=model, text_len=text_encoder.text_len)
