@@ -248,3 +248,14 @@ def test_guidance_distillation_lowers_its_loss(tmp_path):
     first = sum(r["loss"] for r in log[:4]) / 4
     last = sum(r["loss"] for r in log[-4:]) / 4
     assert last < 0.5 * first, (first, last)
+
+
+def test_guided_flow_refuses_a_preset_that_writes_noisy_context():
+    from dataclasses import replace
+
+    from videomla_app.train.guidance import guided_flow
+
+    preset, model, x0, x_t, t, text = _guided_setup("mla")
+    noisy = replace(preset, sampler=replace(preset.sampler, context_noise=10.0))
+    with pytest.raises(ValueError, match="writes the context clean"):
+        guided_flow(model, x0, x_t, t, text, torch.zeros_like(text), noisy, 2.0)
