@@ -112,6 +112,30 @@ def test_teacher_forcing_form_equals_denoise_then_cache_write(name, backend):
     assert _rel(torch.cat(ctx, 1), full[:, :n]) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["test-mla", "test-mha"])
+def test_write_context_writes_exactly_what_a_full_forward_writes(name):
+    """The cache-write pass stops after the last layer's K/V write; the cache it leaves behind must
+    be bit-identical to a full forward's, chunk after chunk, and later chunks must read the same."""
+    p = get_preset(name).with_(cache=CacheConfig(1, 2, 2))
+    model = build_model(p.model, seed=5)
+    g = torch.Generator().manual_seed(4)
+    text = model.encode_text(torch.randn(1, p.text_len, p.model.text_dim, generator=g))
+    full, lean = make_cache(p.model, p.cache), make_cache(p.model, p.cache)
+    with torch.no_grad():
+        for f0 in range(0, 8, 2):
+            x = torch.randn(1, 2, p.model.latent_channels, *p.model.latent_hw, generator=g)
+            s_full, s_lean = full.plan(f0, 2), lean.plan(f0, 2)
+            assert model(x, 0.0, text, full, s_full) is not None
+            assert model.write_context(x, 0.0, text, lean, s_lean) is None
+            full.commit(s_full)
+            lean.commit(s_lean)
+            for k in full.tensors:
+                assert torch.equal(full.tensors[k], lean.tensors[k]), k
+        step = full.plan(8, 2)
+        x = torch.randn(1, 2, p.model.latent_channels, *p.model.latent_hw, generator=g)
+        assert torch.equal(model(x, 500.0, text, full, step), model(x, 500.0, text, lean, lean.plan(8, 2)))
+
+
 def test_triton_backend_matches_reference_under_the_interpreter():
     """The model's `triton` backend (absorbed kernel with RoPE on read) against the fp32 oracle,
     through a wrapped cache with a sink. On CPU the kernel runs in Triton's interpreter (tests only)."""

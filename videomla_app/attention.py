@@ -120,6 +120,11 @@ class MLAttention(nn.Module):
         """What is cached per token: normalised c_kv [B, N, d_c] and unrotated k_rope [B, N, d_rope]."""
         return {"c_kv": self.kv_norm(self.w_dkv(x)), "k_rope": self.w_kr(x)}
 
+    def write_kv(self, x: torch.Tensor, a: AttnInputs) -> None:
+        """Only write the chunk's cache entries (the last layer of the cache-write pass, whose
+        attention output nothing reads)."""
+        a.cache.write(a.layer, a.step, **self.project_kv(x))
+
     def project_q(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """c_q [B, N, d_q], q_nope [B, N, H, d_nope], rotated q_rope [B, N, H, d_rope]."""
         c_q = self.q_norm(self.w_dq(x))
@@ -237,13 +242,22 @@ class MHAttention(WanProjections):
         super().__init__(cfg)
         self.backend = "sdpa"
 
-    def forward(self, x: torch.Tensor, a: AttnInputs) -> torch.Tensor:
-        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.H, self.dh)), a.q_cos[:, None], a.q_sin[:, None])
+    def project_kv(self, x: torch.Tensor, a: AttnInputs) -> dict[str, torch.Tensor]:
+        """Per-head k (rotated) and v [B, N, H, dh]. Self-Forcing keeps absolute positions and
+        stores keys already rotated: a key is rotated once, with its own token's position (the same
+        tables as the queries of its chunk)."""
         k = self.norm_k(self.k(x)).unflatten(-1, (self.H, self.dh))
         v = self.v(x).unflatten(-1, (self.H, self.dh))
-        # Self-Forcing keeps absolute positions and stores keys already rotated: a key is rotated
-        # once, with its own token's position (the same tables as the queries of its chunk).
-        k = apply_rope(k, a.q_cos[:, None], a.q_sin[:, None])
+        return {"k": apply_rope(k, a.q_cos[:, None], a.q_sin[:, None]), "v": v}
+
+    def write_kv(self, x: torch.Tensor, a: AttnInputs) -> None:
+        """Only write the chunk's cache entries (see :meth:`MLAttention.write_kv`)."""
+        a.cache.write(a.layer, a.step, **self.project_kv(x, a))
+
+    def forward(self, x: torch.Tensor, a: AttnInputs) -> torch.Tensor:
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.H, self.dh)), a.q_cos[:, None], a.q_sin[:, None])
+        kv = self.project_kv(x, a)
+        k, v = kv["k"], kv["v"]
         if a.cache is not None:
             a.cache.write(a.layer, a.step, k=k, v=v)
             kv = a.cache.read(a.layer, a.step)

@@ -4,7 +4,8 @@
 interleaved repetitions and its ratio to dense MHA *at the same window* measured in the same run
 (these machines are noisy: only same-process ratios mean anything). Cases:
 
-- whole-model chunk forward of the small presets (embedded size) through the rolling cache;
+- whole-model chunk forward of the small presets (embedded size) through the rolling cache, and
+  the MLA cache-write pass, which stops after the last layer's K/V write;
 - one 1.3B-shaped self-attention layer (d 1536, 12 heads, d_c 192 + 32): a 3-frame chunk
   (4,680 tokens) against the 1 sink + 6 window + chunk cache (15,600 keys).
 """
@@ -59,6 +60,12 @@ def _model_case(dtype: torch.dtype, reps: int, device: str) -> dict[str, float]:
                 with torch.no_grad():
                     model(x, 500.0, text, cache, step, inputs)
             fns[f"{name}/{b}"] = run
+        if name == "small-mla":
+            def write(model=model, text=text, cache=cache, step=step, inputs=inputs, x=x):
+                model.set_attn_backend("auto")
+                with torch.no_grad():
+                    model.write_context(x, 0.0, text, cache, step, inputs)
+            fns[f"{name}/write-pass"] = write  # the cache-write pass (stops after the last K/V write)
     return _best(fns, reps)
 
 

@@ -208,7 +208,7 @@ class StreamingPipeline:
         """Run the chunk at ``context_noise`` so the cache keeps its clean keys, then commit."""
         tc = self.preset.sampler.context_noise
         x_ctx = x0 if tc == 0 else self.sampler.add_noise(x0, self._noise(state, x0.shape[1]), tc)
-        self.model(x_ctx, tc, text, state.cache, step, inputs or self.model.attn_inputs(step, state.cache))
+        self.model.write_context(x_ctx, tc, text, state.cache, step, inputs)
         state.cache.commit(step)
         if commit_latents:
             self._keep_latents(state, step.f0, x0)

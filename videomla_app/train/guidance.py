@@ -46,7 +46,7 @@ def guided_flow(teacher: CausalDiT, x0: torch.Tensor, x_t: torch.Tensor, t: torc
         v = teacher(x, tt, prompt, cache, step, inputs).float()  # [B, step.n, C, h, w]
         v_empty = teacher(x, tt, blank, cache, step, inputs).float()
         out.append(v_empty + guidance * (v - v_empty))
-        teacher(x0[:, f0:f0 + step.n].to(dt), torch.zeros_like(tt), prompt, cache, step, inputs)  # cache write
+        teacher.write_context(x0[:, f0:f0 + step.n].to(dt), torch.zeros_like(tt), prompt, cache, step, inputs)
         cache.commit(step)
     return torch.cat(out, 1)
 
