@@ -49,6 +49,22 @@ class CrossAttention(WanProjections):
         return self.o(o.transpose(1, 2).flatten(2))
 
 
+class GELUTanh(nn.Module):
+    """Wan's FFN activation, GELU with the tanh approximation, computed the fast way when that is free.
+
+    In bf16 inference on the CPU, PyTorch's vectorised tanh makes the tanh form 3.4x slower than
+    the erf form (200 vs 58 us on the embedded model's [192, 1024] FFN activations, 2-core EPYC),
+    about 3 % of a chunk. At bf16 the two are the same function: against the fp64 tanh form the erf
+    form is off by at most 0.0082 (mean 0.00095), the bf16 tanh form itself by 0.0078 (0.00090).
+    Training (grad enabled), fp32 and GPUs keep the exact tanh form.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled():
+            return F.gelu(x)
+        return F.gelu(x, approximate="tanh")
+
+
 class Block(nn.Module):
     """Wan block: AdaLN-modulated self-attention, text cross-attention, GELU-tanh FFN."""
 
@@ -60,7 +76,7 @@ class Block(nn.Module):
         self.norm3 = nn.LayerNorm(d, cfg.eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(cfg)
         self.norm2 = nn.LayerNorm(d, cfg.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), GELUTanh(), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, a: AttnInputs,
