@@ -4,6 +4,7 @@ conversion cache and ``videomla inspect``. Small random-weight checkpoints, writ
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,11 +247,17 @@ def test_conversion_cache_skips_torch_load_second_time(tmp_path, monkeypatch):
     _assert_loaded(model, ema)
     assert second.from_cache and second.ok and second.summary() == first.summary()
 
-    os.utime(path, ns=(0, 10**18))  # the source changed: convert again
+    other = tmp_path / "other.pt"  # a second checkpoint's conversion is never touched
+    torch.save({"generator_ema": _videomla_plain(_sd(MLA, 4))}, other)
     monkeypatch.undo()
     os.environ["VIDEOMLA_CACHE_DIR"] = str(tmp_path / "cache")
-    assert not load_dit_weights(build_model(MLA, seed=3), path).from_cache
-    assert len(list(cached.glob("*.safetensors"))) == 2
+    kept = Path(load_dit_weights(build_model(MLA, seed=3), other).cache_path)
+
+    os.utime(path, ns=(0, 10**18))  # the source changed: convert again, and drop the stale copy
+    third = load_dit_weights(build_model(MLA, seed=3), path)
+    assert not third.from_cache
+    assert sorted(cached.glob("*.safetensors")) == sorted([Path(third.cache_path), kept])
+    assert not files[0].exists()
 
 
 def test_diffusers_and_plain_wan_names(tmp_path):

@@ -380,7 +380,35 @@ def _read_cached(path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor],
     return tensors, report
 
 
-def _write_cached(path: Path, tensors: dict[str, torch.Tensor], report: LoadReport) -> bool:
+def _origin(source: str | os.PathLike, cfg: ModelConfig) -> str:
+    """What a cached conversion is *of*: the source's resolved path and the target shapes. A newer
+    conversion with the same origin (the checkpoint was re-downloaded or edited) supersedes it."""
+    shapes = hashlib.sha256(json.dumps(sorted(target_shapes(cfg).items())).encode()).hexdigest()[:16]
+    return f"{Path(source).resolve()}|{shapes}"
+
+
+def _prune_superseded(keep: Path, origin: str) -> list[Path]:
+    """Delete the other cached conversions of the same origin (each is a full copy of the model's
+    weights: ~2.7 GB at 1.3B in bf16, so stale ones must not pile up in the user cache). Reads only
+    the safetensors headers; files it cannot read or that belong to other checkpoints are kept."""
+    from safetensors import SafetensorError, safe_open
+
+    removed = []
+    for f in keep.parent.glob("*.safetensors"):
+        if f == keep:
+            continue
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {})["videomla"])
+        except (OSError, KeyError, ValueError, SafetensorError):
+            continue
+        if meta.get("origin") == origin:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+def _write_cached(path: Path, tensors: dict[str, torch.Tensor], report: LoadReport, origin: str = "") -> bool:
     from safetensors.torch import save_file
 
     seen: set[int] = set()
@@ -389,7 +417,7 @@ def _write_cached(path: Path, tensors: dict[str, torch.Tensor], report: LoadRepo
         ptr = v.untyped_storage().data_ptr()
         out[k] = v.contiguous() if ptr not in seen and v.is_contiguous() else v.clone().contiguous()
         seen.add(ptr)
-    meta = {"videomla": json.dumps({"format_version": FORMAT_VERSION,
+    meta = {"videomla": json.dumps({"format_version": FORMAT_VERSION, "origin": origin,
                                     "report": {**report.as_dict(), "cache_path": None, "from_cache": False}})}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -411,7 +439,7 @@ def load_dit_weights(model: torch.nn.Module, path: str | os.PathLike, allow_miss
     problems) unless every checkpoint tensor is used and every model tensor is filled; with
     ``allow_missing`` the tensors that map are loaded and the rest keep their values. With
     ``cache``, the first load writes the mapped tensors to the conversion cache and later loads
-    read that file.
+    read that file; a new conversion of the same checkpoint path replaces the superseded one.
     """
     cfg = model.cfg
     if not Path(path).exists():
@@ -431,8 +459,10 @@ def load_dit_weights(model: torch.nn.Module, path: str | os.PathLike, allow_miss
         for r in report.rows:
             if r.status == "mapped":
                 ours.update(split_tensor(r, tensors[r.source]))
-        if cached is not None and _write_cached(cached, ours, report):
+        origin = _origin(path, cfg)
+        if cached is not None and _write_cached(cached, ours, report, origin):
             report.cache_path = str(cached)
+            _prune_superseded(cached, origin)
     meta = any(p.is_meta for p in model.parameters())
     missing, unexpected = model.load_state_dict(ours, strict=False, assign=meta)
     assert not unexpected and set(missing) == set(report.missing), (unexpected, missing)
