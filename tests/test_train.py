@@ -259,3 +259,19 @@ def test_guided_flow_refuses_a_preset_that_writes_noisy_context():
     noisy = replace(preset, sampler=replace(preset.sampler, context_noise=10.0))
     with pytest.raises(ValueError, match="writes the context clean"):
         guided_flow(model, x0, x_t, t, text, torch.zeros_like(text), noisy, 2.0)
+
+
+def test_teacher_forcing_inputs_follow_the_model_config_not_its_id(monkeypatch):
+    """The cached masks/RoPE tables must belong to the model asked about, even when a freed model's
+    id is reused by the next one (simulated: every object gets the same id). That once gave a dense
+    model the MLA model's RoPE tables in the test suite, and could in one training process."""
+    from videomla_app.train import flow
+
+    monkeypatch.setattr(flow, "id", lambda obj: 0, raising=False)
+    cache = get_preset("test-mla").cache
+    for name in ("test-mla", "test-mha", "test-mla"):
+        model = build_model(get_preset(name).model, seed=0)
+        got = flow.teacher_forcing_inputs(model, 4, cache)
+        want = model.train_inputs(4, cache, teacher_forcing=True)
+        assert got.q_cos.shape == want.q_cos.shape and torch.equal(got.q_cos, want.q_cos), name
+        assert torch.equal(got.mask, want.mask) and torch.equal(got.key_index, want.key_index)

@@ -23,8 +23,10 @@ _INPUTS: dict[tuple, AttnInputs] = {}
 
 
 def teacher_forcing_inputs(model: CausalDiT, n_frames: int, cache: CacheConfig) -> AttnInputs:
-    """Masks and RoPE tables depend only on the clip geometry: build them once per shape."""
-    key = (id(model), n_frames, cache, model.patch_embedding.weight.device)
+    """Masks and RoPE tables depend only on the model config and the clip geometry: build them once
+    per shape. (Keyed by config, not ``id(model)``: a freed model's id is reused by the next one, which
+    handed a dense model the MLA model's RoPE tables.)"""
+    key = (model.cfg, n_frames, cache, model.patch_embedding.weight.device)
     if key not in _INPUTS:
         _INPUTS[key] = model.train_inputs(n_frames, cache, teacher_forcing=True)
     return _INPUTS[key]
