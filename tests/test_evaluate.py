@@ -129,6 +129,36 @@ def test_cli_prints_table_and_writes_json(tmp_path):
     assert report["models"] == ["test-mla", "test-mha"] and report["prompts"] == list(PROMPTS[:1])
     assert report["seeds"] == [0] and set(report["results"]) == {"test-mla", "test-mha"}
     assert report["ranks"]["mla_model"] == "test-mla" and report["ranks"]["dense_model"] == "test-mha"
+    comp = report["comparison"]  # paired MLA - dense, one prompt: a difference but no error yet
+    assert (comp["a"], comp["b"]) == ("test-mla", "test-mha") and "paired by prompt and seed" in r.output
+    q = comp["metrics"]["quality"]
+    assert q["n"] == 1 and q["sem"] is None
+    assert q["mean"] == pytest.approx(report["results"]["test-mla"]["prompt_means"][0]["quality"]
+                                      - report["results"]["test-mha"]["prompt_means"][0]["quality"])
+    from videomla_app.train.card import eval_table
+
+    md = eval_table(report)  # the model card's tables carry the errors and the paired difference
+    assert "| mean | ± | end/start |" in md and "Paired difference test-mla − test-mha" in md
+
+
+def test_standard_error_and_paired_difference():
+    """Per-prompt means weight segments by frames; the standard error is std (n - 1) / sqrt(n); the
+    paired difference pairs prompt i of one model with prompt i of the other and skips undefined
+    values; pairing cancels what the prompts share."""
+    from videomla_app.eval_stats import paired_difference, prompt_means, standard_error
+
+    seg = lambda v, f: {"quality": v, "frames": f}  # noqa: E731
+    a = prompt_means([{"segments": [seg(10, 1), seg(40, 2)]}, {"segments": [seg(50, 3), seg(None, 1)]},
+                      {"segments": [seg(None, 3)]}], ["quality"])
+    assert [p["quality"] for p in a] == [30.0, 50.0, None]
+    assert standard_error([30.0, 50.0, None]) == pytest.approx(10.0)  # std 14.14 / sqrt 2
+    assert standard_error([30.0]) is None
+    b = [{"quality": 25.0}, {"quality": 46.0}, {"quality": 70.0}]
+    d = paired_difference(a, b, ["quality"])["quality"]
+    assert d["n"] == 2 and d["mean"] == pytest.approx(4.5) and d["sem"] == pytest.approx(0.5)
+    # the two means are 40 +- 10 and 35.5 +- 10.5 apart, but the paired difference is 4.5 +- 0.5
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(a, b[:2], ["quality"])
 
 
 def test_cli_rejects_bad_options():

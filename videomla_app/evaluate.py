@@ -34,6 +34,7 @@ from .config import get_preset
 from .eval_metrics import (METRIC_DEFINITIONS, RAW, SCORES, SEGMENT_S, WINDOW_S, SegmentMetrics,
                            evaluate_frames, evaluate_segment, evaluate_stream)
 from .eval_ranks import format_ranks, rank_analysis
+from .eval_stats import paired_difference, prompt_means, standard_error
 from .memory import fmt_bytes
 from .models import get_entry, load_pipeline
 from .timeline import format_time
@@ -88,7 +89,8 @@ def _mean(values: Sequence[float | None], weights: Sequence[float] | None = None
 
 
 def summarise(per_prompt: list[dict]) -> dict:
-    """Per-segment means over prompts, the frame-weighted mean over segments, and end/start ratios."""
+    """Per-segment means over prompts, the frame-weighted mean over segments, end/start ratios,
+    each prompt's own mean and the standard error of the mean over prompts (``eval_stats``)."""
     first = per_prompt[0]["segments"]
     segments = []
     for j, seg in enumerate(first):
@@ -103,7 +105,9 @@ def summarise(per_prompt: list[dict]) -> dict:
     for k in (*SCORES, *RAW):
         a, b = segments[0][k], segments[-1][k]
         ratio[k] = b / a if len(segments) > 1 and a is not None and b is not None and a != 0 else None
-    return {"segments": segments, "mean": mean, "ratio": ratio}
+    by_prompt = prompt_means(per_prompt, SCORES)
+    sem = {k: standard_error([p[k] for p in by_prompt]) for k in SCORES}
+    return {"segments": segments, "mean": mean, "ratio": ratio, "prompt_means": by_prompt, "sem": sem}
 
 
 def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float = 120.0, seed: int = 0, *,
@@ -189,6 +193,10 @@ def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, sec
         if prompts:
             report["results"][name] = evaluate_model(name, prompts, seconds, seed, segment_s=segment_s,
                                                      device=device, dtype=dtype, progress=progress)
+    pair = rank_pair(models) or (tuple(models[:2]) if len(models) == 2 else None)
+    if pair is not None and all(m in report["results"] for m in pair):
+        a, b = (report["results"][m]["prompt_means"] for m in pair)
+        report["comparison"] = {"a": pair[0], "b": pair[1], "metrics": paired_difference(a, b, SCORES)}
     report["wall_s"] = time.perf_counter() - t0
     return report
 
@@ -221,20 +229,41 @@ def _model_table(r: dict) -> Table:
     for s in segs:
         t.add_column(s["label"].replace("–", "–\n"), justify="right", min_width=5)
     t.add_column("mean", justify="right", style="bold")
+    t.add_column("±", justify="right", style="dim")
     t.add_column("end/\nstart", justify="right")
+    sem = r.get("sem", {})
     for key, label in _ROWS:
-        t.add_row(label, *(_fmt(s[key]) for s in segs), _fmt(r["mean"][key]), _fmt(r["ratio"][key], 2),
-                  end_section=key == "quality")
+        t.add_row(label, *(_fmt(s[key]) for s in segs), _fmt(r["mean"][key]), _fmt(sem.get(key)),
+                  _fmt(r["ratio"][key], 2), end_section=key == "quality")
     for key, label, digits in _RAW_ROWS:
-        t.add_row(label, *(_fmt(s[key], digits) for s in segs), _fmt(r["mean"][key], digits),
+        t.add_row(label, *(_fmt(s[key], digits) for s in segs), _fmt(r["mean"][key], digits), "",
                   _fmt(r["ratio"][key], 2), style="dim")
     fps = _fmt(r["achieved_fps"], 1)
     cache = ("–" if r["cache_bytes"] is None else
              f"{fmt_bytes(r['cache_bytes'])} vs dense {fmt_bytes(r['dense_equivalent_bytes'])} "
              f"(-{100 * r['cache_reduction']:.1f} %)")
-    t.caption = (f"scores 0-100, higher is better; dim rows: raw values (definitions in --json)\n"
+    t.caption = (f"scores 0-100, higher is better; ±: standard error over prompts; dim rows: raw values "
+                 f"(definitions in --json)\n"
                  f"generation {fps} fps (real time: {r['fps']}); wall {r['wall_s']:.0f} s; "
                  f"KV cache {cache}; peak RSS {fmt_bytes(r['peak_rss_bytes'])}")
+    t.caption_justify = "left"
+    return t
+
+
+def _comparison_table(report: dict) -> Table:
+    """Paired difference of two models on the same prompts and seeds, with its standard error."""
+    c = report["comparison"]
+    ra, rb = report["results"][c["a"]], report["results"][c["b"]]
+    t = Table(title=f"[b]{c['a']} - {c['b']}[/b], paired by prompt and seed", title_justify="left",
+              box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for col in ("metric", c["a"], c["b"], "difference", "±"):
+        t.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+    for key, label in _ROWS:
+        d = c["metrics"][key]
+        diff = "–" if d["mean"] is None else f"{d['mean']:+.0f}"
+        t.add_row(label, _fmt(ra["mean"][key]), _fmt(rb["mean"][key]), diff, _fmt(d["sem"]))
+    t.caption = ("±: standard error of the per-prompt difference; a difference within about 2 of them\n"
+                 "is not resolved by this many prompts")
     t.caption_justify = "left"
     return t
 
@@ -248,6 +277,8 @@ def format_table(results: dict) -> Group:
     parts: list = []
     for r in results["results"].values():
         parts += [_model_table(r), Text("")]
+    if "comparison" in results:
+        parts += [_comparison_table(results), Text("")]
     if "ranks" in results:
         rk = results["ranks"]
         parts.append(format_ranks(rk, f"{rk['dense_model']} -> {rk['mla_model']} rank analysis"))

@@ -93,11 +93,24 @@ def eval_table(report: dict) -> str:
         lines.append(f"**{name}** ({r['attn'].upper()}): {len(r['prompts'])} prompts × {r['seconds']:g} s, "
                      f"{_fmt(r['achieved_fps'], 1)} fps generated, KV cache {r['cache_bytes']:,} bytes, "
                      f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB\n")
-        lines.append("| metric | " + " | ".join(s["label"] for s in segs) + " | mean | end/start |")
-        lines.append("|---" * (len(segs) + 3) + "|")
+        sem = r.get("sem")  # reports before the standard errors were added have none
+        lines.append("| metric | " + " | ".join(s["label"] for s in segs) + " | mean |"
+                     + (" ± |" if sem else "") + " end/start |")
+        lines.append("|---" * (len(segs) + 3 + bool(sem)) + "|")
         for key, label in _ROWS:
             lines.append(f"| {label} | " + " | ".join(_fmt(s[key]) for s in segs)
-                         + f" | **{_fmt(r['mean'][key])}** | {_fmt(r['ratio'][key], 2)} |")
+                         + f" | **{_fmt(r['mean'][key])}** |" + (f" {_fmt(sem.get(key))} |" if sem else "")
+                         + f" {_fmt(r['ratio'][key], 2)} |")
+        lines.append("")
+    if "comparison" in report:
+        c = report["comparison"]
+        lines.append(f"Paired difference {c['a']} − {c['b']} (same prompts and seeds; ± standard error):\n")
+        lines.append("| metric | difference | ± |")
+        lines.append("|---|---|---|")
+        for key, label in _ROWS:
+            d = c["metrics"][key]
+            diff = "–" if d["mean"] is None else f"{d['mean']:+.0f}"
+            lines.append(f"| {label} | {diff} | {_fmt(d['sem'])} |")
         lines.append("")
     if "ranks" in report:
         rk = report["ranks"]
