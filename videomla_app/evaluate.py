@@ -262,8 +262,7 @@ def _comparison_table(report: dict) -> Table:
         d = c["metrics"][key]
         diff = "–" if d["mean"] is None else f"{d['mean']:+.0f}"
         t.add_row(label, _fmt(ra["mean"][key]), _fmt(rb["mean"][key]), diff, _fmt(d["sem"]))
-    t.caption = ("±: standard error of the per-prompt difference; a difference within about 2 of them\n"
-                 "is not resolved by this many prompts")
+    t.caption = "±: standard error of the per-prompt difference (under about 2 ±, not resolved)"
     t.caption_justify = "left"
     return t
 
