@@ -6,7 +6,10 @@ complete (``eval_metrics``: adherence, temporal consistency, dynamics, frame qua
 higher is better), so memory stays flat however long the videos are. Per model the report holds
 every segment of every prompt, their mean over prompts per segment, the mean over the video and
 the *end/start ratio* (last segment / first segment: with 120 s, minute 2 against minute 0; 1 =
-no drift), plus generation speed, peak RSS and the KV cache's bytes against its dense equivalent.
+no drift), each prompt's mean and the standard error over prompts, plus generation speed, peak RSS
+and the KV cache's bytes against its dense equivalent. With an MLA model and its dense twin (or
+any two models) the report adds their per-prompt difference, paired by prompt and seed, with its
+standard error (``eval_stats``): 8 prompts cannot resolve a few points otherwise.
 
 Typical use::
 
@@ -59,7 +62,10 @@ PROMPT_SPECS: tuple[world.WorldSpec, ...] = (
 PROMPTS: tuple[str, ...] = tuple(world.caption(s) for s in PROMPT_SPECS)
 
 DEFINITIONS = {**METRIC_DEFINITIONS,
-               "ratio": "last segment / first segment (with 120 s: minute 2 vs minute 0); 1 = no drift"}
+               "ratio": "last segment / first segment (with 120 s: minute 2 vs minute 0); 1 = no drift",
+               "sem": "standard error of the mean over prompts: std of the per-prompt means / sqrt(prompts)",
+               "comparison": "per metric, mean and standard error of (model a - model b) over prompts, "
+                             "both run on the same prompts with the same seeds"}
 
 
 class _Meter:
