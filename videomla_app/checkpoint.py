@@ -357,19 +357,36 @@ def conversion_key(path: str | os.PathLike, cfg: ModelConfig) -> str:
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         with open(f, "rb") as fh:
             h.update(fh.read(1 << 20))
-    h.update(json.dumps(sorted(target_shapes(cfg).items())).encode())
+    h.update(_shapes_json(cfg))
     return h.hexdigest()
 
 
-def _read_cached(path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], LoadReport] | None:
+def _shapes_json(cfg: ModelConfig) -> bytes:
+    """The target model's tensor shapes, serialised stably (part of a conversion's identity)."""
+    return json.dumps(sorted(target_shapes(cfg).items())).encode()
+
+
+def _cached_meta(path: Path) -> dict | None:
+    """The ``videomla`` header of a cached conversion (safetensors header only), or None."""
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["videomla"])
-        tensors = load_file(str(path))  # memory-mapped
+            return json.loads((f.metadata() or {})["videomla"])
     except (OSError, KeyError, ValueError, SafetensorError):
+        return None
+
+
+def _read_cached(path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], LoadReport] | None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = _cached_meta(path)
+    if meta is None:
+        return None
+    try:
+        tensors = load_file(str(path))  # memory-mapped
+    except (OSError, ValueError, SafetensorError):
         return None
     report = LoadReport.from_dict(meta["report"])
     target = target_shapes(cfg)
@@ -383,7 +400,7 @@ def _read_cached(path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor],
 def _origin(source: str | os.PathLike, cfg: ModelConfig) -> str:
     """What a cached conversion is *of*: the source's resolved path and the target shapes. A newer
     conversion with the same origin (the checkpoint was re-downloaded or edited) supersedes it."""
-    shapes = hashlib.sha256(json.dumps(sorted(target_shapes(cfg).items())).encode()).hexdigest()[:16]
+    shapes = hashlib.sha256(_shapes_json(cfg)).hexdigest()[:16]
     return f"{Path(source).resolve()}|{shapes}"
 
 
@@ -391,18 +408,10 @@ def _prune_superseded(keep: Path, origin: str) -> list[Path]:
     """Delete the other cached conversions of the same origin (each is a full copy of the model's
     weights: ~2.7 GB at 1.3B in bf16, so stale ones must not pile up in the user cache). Reads only
     the safetensors headers; files it cannot read or that belong to other checkpoints are kept."""
-    from safetensors import SafetensorError, safe_open
-
     removed = []
     for f in keep.parent.glob("*.safetensors"):
-        if f == keep:
-            continue
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                meta = json.loads((fh.metadata() or {})["videomla"])
-        except (OSError, KeyError, ValueError, SafetensorError):
-            continue
-        if meta.get("origin") == origin:
+        meta = None if f == keep else _cached_meta(f)
+        if meta is not None and meta.get("origin") == origin:
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed
@@ -459,10 +468,11 @@ def load_dit_weights(model: torch.nn.Module, path: str | os.PathLike, allow_miss
         for r in report.rows:
             if r.status == "mapped":
                 ours.update(split_tensor(r, tensors[r.source]))
-        origin = _origin(path, cfg)
-        if cached is not None and _write_cached(cached, ours, report, origin):
-            report.cache_path = str(cached)
-            _prune_superseded(cached, origin)
+        if cached is not None:
+            origin = _origin(path, cfg)
+            if _write_cached(cached, ours, report, origin):
+                report.cache_path = str(cached)
+                _prune_superseded(cached, origin)
     meta = any(p.is_meta for p in model.parameters())
     missing, unexpected = model.load_state_dict(ours, strict=False, assign=meta)
     assert not unexpected and set(missing) == set(report.missing), (unexpected, missing)

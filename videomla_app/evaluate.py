@@ -225,6 +225,10 @@ def _fmt(v: float | None, digits: int = 0) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _fmt_diff(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.0f}"
+
+
 def _model_table(r: dict) -> Table:
     """One model's block, compact enough for 2 minutes (8 segments) in an 80-column terminal."""
     segs = r["segments"]
@@ -266,8 +270,7 @@ def _comparison_table(report: dict) -> Table:
         t.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
     for key, label in _ROWS:
         d = c["metrics"][key]
-        diff = "–" if d["mean"] is None else f"{d['mean']:+.0f}"
-        t.add_row(label, _fmt(ra["mean"][key]), _fmt(rb["mean"][key]), diff, _fmt(d["sem"]))
+        t.add_row(label, _fmt(ra["mean"][key]), _fmt(rb["mean"][key]), _fmt_diff(d["mean"]), _fmt(d["sem"]))
     t.caption = "±: standard error of the per-prompt difference (under about 2 ±, not resolved)"
     t.caption_justify = "left"
     return t

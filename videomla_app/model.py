@@ -82,13 +82,16 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor, a: AttnInputs,
                 text_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x [B, F, P, D] (frames x tokens), e [B, F, 6, D] fp32 per-frame modulation."""
-        mods = (self.modulation.float() + e).unbind(2)  # 6 x [B, F, D]
-        shift1, scale1, gate1, shift2, scale2, gate2 = (m[:, :, None] for m in mods)  # [B, F, 1, D]
+        shift1, scale1, gate1, shift2, scale2, gate2 = self._modulation(e)
         y = self.self_attn(self._attn_input(x, shift1, scale1), a).view_as(x)
         x = (x.float() + y.float() * gate1).to(x.dtype)
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), text_kv).view_as(x)
         h = (self.norm2(x).float() * (1 + scale2) + shift2).to(x.dtype)
         return (x.float() + self.ffn(h).float() * gate2).to(x.dtype)
+
+    def _modulation(self, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """shift1, scale1, gate1, shift2, scale2, gate2, each [B, F, 1, D] fp32."""
+        return tuple(m[:, :, None] for m in (self.modulation.float() + e).unbind(2))
 
     def _attn_input(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """AdaLN-modulated self-attention input, flattened to tokens [B, F*P, D]."""
@@ -96,7 +99,7 @@ class Block(nn.Module):
 
     def write_kv(self, x: torch.Tensor, e: torch.Tensor, a: AttnInputs) -> None:
         """Write this block's cache entries for x [B, F, P, D] without computing its output."""
-        shift1, scale1 = (m[:, :, None] for m in (self.modulation[:, :2].float() + e[:, :, :2]).unbind(2))
+        shift1, scale1 = self._modulation(e)[:2]
         self.self_attn.write_kv(self._attn_input(x, shift1, scale1), a)
 
 

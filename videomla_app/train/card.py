@@ -79,13 +79,9 @@ def loss_curve(logs: dict[str, dict], path: Path, size: tuple[int, int] = (960, 
     return path
 
 
-def _fmt(v, digits: int = 0) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
 def eval_table(report: dict) -> str:
     """Markdown: per model, one row per metric, columns = segments, mean, end/start."""
-    from ..evaluate import _ROWS
+    from ..evaluate import _ROWS, _fmt, _fmt_diff
 
     lines = []
     for name, r in report["results"].items():
@@ -109,8 +105,7 @@ def eval_table(report: dict) -> str:
         lines.append("|---|---|---|")
         for key, label in _ROWS:
             d = c["metrics"][key]
-            diff = "–" if d["mean"] is None else f"{d['mean']:+.0f}"
-            lines.append(f"| {label} | {diff} | {_fmt(d['sem'])} |")
+            lines.append(f"| {label} | {_fmt_diff(d['mean'])} | {_fmt(d['sem'])} |")
         lines.append("")
     if "ranks" in report:
         rk = report["ranks"]
