@@ -128,6 +128,23 @@ def test_chunked_encode_matches_whole_clip():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_batched_clip_encode_equals_encoding_each_clip(bf16):
+    """Training encodes a batch in one call; for clips within one streaming chunk that is exactly
+    the streaming encode of each clip, also under the trainer's bf16 autocast."""
+    ae = build_autoencoder(TINY, seed=3)
+    ae.latent_mean, ae.latent_std = torch.randn(TINY.latent_channels), torch.rand(TINY.latent_channels) + 0.5
+    clips = moving_squares(3, 6, seed=2)  # [3, 6, 32, 32, 3]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        each = torch.cat([ae.encode(c) for c in clips])
+        batched = ae.encode_clips(clips)
+    assert batched.shape == (3, 6, TINY.latent_channels, 4, 4) and batched.dtype == torch.float32
+    assert torch.equal(batched, each)
+    assert not torch.equal(batched[0], batched[1])
+    with pytest.raises(ValueError, match="needs 1 \+ 2k frames"):
+        build_autoencoder(replace(TINY, temporal_stride=2)).encode_clips(clips)
+
+
 def test_latent_stats_save_and_load(tmp_path):
     ae = build_autoencoder(TINY, seed=7)
     clips = list(moving_squares(4, 5, seed=1))

@@ -139,11 +139,11 @@ def test_caption_dropout_trains_some_clips_on_the_empty_prompt():
 
     r = replace(RECIPES["smoke"], caption_dropout=0.5)
     text = ToyTextEncoder(32, 8)
-    data = LatentData(r, build_autoencoder(r.ae, seed=0), text, seed=0)
+    data = LatentData(r, build_autoencoder(r.ae, seed=0), text, seed=0, batch=8)
     empty = text.encode([""])[0]
-    dropped = [[torch.equal(s, empty) for s in data.batch(step, 8)[1]] for step in range(4)]
+    dropped = [[torch.equal(s, empty) for s in data.batch(step)[1]] for step in range(4)]
     assert 0 < sum(map(sum, dropped)) < 32  # some, not all, seeded per step
-    assert dropped == [[torch.equal(s, empty) for s in data.batch(step, 8)[1]] for step in range(4)]
+    assert dropped == [[torch.equal(s, empty) for s in data.batch(step)[1]] for step in range(4)]
     assert RECIPES["tiny"].caption_dropout > 0 and RECIPES["smoke"].caption_dropout == 0
 
 
@@ -152,13 +152,14 @@ def test_object_weighted_loss():
     import numpy as np
 
     from videomla_app import world
-    from videomla_app.train.stages import RECIPES, object_coverage
+    from videomla_app.train.data import coverage_map
+    from videomla_app.train.stages import RECIPES
 
     spec = world.WorldSpec("ball", "red", "large", 1, "bouncing", "day")
     clip = world.render(spec, 0, 2, size=64, seed=0)[None]  # [1, 2, 64, 64, 3]
     bg = np.broadcast_to(world.scenes.background("day", 64), clip.shape).copy()
-    cov = object_coverage(np.concatenate([clip, bg]), ["day", "day"], 8)  # [2, 2, 8, 8]
-    assert cov.shape == (2, 2, 8, 8) and 0 < cov[0].max() <= 1 and cov[1].abs().sum() == 0
+    cov = coverage_map(np.concatenate([clip, bg]), ["day", "day"], 8)  # [2, 2, 8, 8]
+    assert cov.shape == (2, 2, 8, 8) and 0 < cov[0].max() <= 1 and np.abs(cov[1]).sum() == 0
     assert 0.005 < cov[0].mean() < 0.3  # one large ball: a few blocks, not the frame
     assert RECIPES["tiny"].object_weight > 0 and RECIPES["smoke"].object_weight == 0
 

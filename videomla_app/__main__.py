@@ -1,3 +1,5 @@
 from .cli import main
 
-main()
+# Guarded so that importing the module (tools, spawned processes) never starts a CLI run.
+if __name__ == "__main__":
+    main()

@@ -376,6 +376,20 @@ class CausalVideoAE(nn.Module):
             out.append(self.normalize(z).cpu())
         return torch.cat(out, dim=1)  # [1, f, C, h, w]
 
+    @torch.no_grad()
+    def encode_clips(self, clips: np.ndarray) -> torch.Tensor:
+        """uint8 clips [B, F, H, W, 3] -> normalised latents [B, f, C, h, w] fp32 on the model's device.
+
+        The training path: one batched call instead of ``B`` calls of :meth:`encode`, which on a
+        GPU would otherwise wait on many small launches and host copies. For clips no longer than
+        one streaming chunk (training clips are) it is exactly :meth:`encode` of each (tested).
+        """
+        s, F_ = self.temporal_stride, clips.shape[1]
+        if F_ == 0 or (s > 1 and (F_ - 1) % s):
+            raise ValueError(f"temporal stride {s} needs 1 + {s}k frames, got {F_}")
+        z, _ = self.enc(frames_to_tensor(clips).to(self.device, self.dtype), {}, first=True)  # [B, f, C, h, w]
+        return self.normalize(z)
+
     def decoder(self) -> "AEStreamDecoder":
         return AEStreamDecoder(self)
 

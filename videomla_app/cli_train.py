@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,12 +23,17 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Override the number of steps of every stage.")] = None,
     eval_json: Annotated[Path | None, typer.Option("--eval", help="card: a `videomla eval --json` file to include.")] = None,
     notes: Annotated[Path | None, typer.Option("--notes", help="card: a markdown file of notes on the run.")] = None,
+    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one), cpu or cuda.")] = "auto",
+    batch: Annotated[int | None, typer.Option(help="Override the batch size of every stage (e.g. 32 on a GPU).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes that render clips ahead of the step "
+                                                     "(default: 0 on the CPU, up to 8 on a GPU).")] = None,
 ) -> None:
     """Train the embedded model on the procedural world (bf16 autocast, seeded, resumable).
 
     [b]Examples[/b]
       videomla train all --out runs/tiny --max-minutes 110        # then again with --resume
       videomla train ae --recipe smoke --out /tmp/smoke
+      videomla train all --out runs/gpu --device cuda --batch 32      # a GPU: clips rendered by workers
       videomla train ship --out runs/tiny                          # copy the weights into assets/
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
     """
@@ -38,7 +44,13 @@ def train(
         raise UsageError(f"unknown stage {stage!r}: use {', '.join(STAGES)}, all, ship or card")
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r}: use {', '.join(RECIPES)}")
-    r = recipe_with(recipe, steps=steps) if steps else RECIPES[recipe]
+    for flag, value in (("--steps", steps), ("--batch", batch)):
+        if value is not None and not 1 <= value <= 1_000_000:
+            raise UsageError(f"{flag} must be between 1 and 1000000, got {value}")
+    if workers is not None and not 0 <= workers <= 64:
+        raise UsageError(f"--workers must be between 0 and 64, got {workers}")
+    overrides = {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
+    r = recipe_with(recipe, **overrides) if overrides else RECIPES[recipe]
     if stage == "card":
         import json
 
@@ -60,6 +72,14 @@ def train(
         for f in ship(out_dir, assets_dir(), r, _text_encoder(r)):
             out.print(f"wrote {f}")
         return
+    from .models import ModelUnavailable, resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except (ValueError, ModelUnavailable) as e:  # an unknown device, or cuda without a GPU
+        raise UsageError(str(e)) from None
+    if workers is None:
+        workers = 0 if dev.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = STAGES if stage == "all" else (stage,)
     ae, t0 = None, time.monotonic()
@@ -72,27 +92,27 @@ def train(
         if s == "ae":
             if (out_dir / "ae.safetensors").exists() and stage == "all":
                 continue
-            ae = train_ae(r, out_dir, resume, left())
+            ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers)
             if not (out_dir / "ae.safetensors").exists():
                 out.print("stopped before the end of stage ae: run again with --resume")
                 return
             continue
-        ae = ae or CausalVideoAE.load(out_dir / "ae.safetensors")
-        text = _text_encoder(r)
+        ae = ae or CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
+        text = _text_encoder(r, dev)
         if (out_dir / f"{s}.safetensors").exists() and stage == "all":
             continue
-        _, trainer = train_dit(s, r, out_dir, ae, text, resume, left())
+        _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers)
         if not (out_dir / f"{s}.safetensors").exists():
             out.print(f"stopped at step {trainer.step}: run again with --resume")
             return
     out.print("done")
 
 
-def _text_encoder(recipe):
+def _text_encoder(recipe, device="cpu"):
     if recipe.name == "smoke":
         from .encoders import ToyTextEncoder
 
         return ToyTextEncoder(32, 8)
     from .text_encoder import MiniLMTextEncoder
 
-    return MiniLMTextEncoder(text_len=16)
+    return MiniLMTextEncoder(text_len=16, device=device)

@@ -7,7 +7,8 @@ the attention (stage 2 alone gives MLA 500 extra low-lr steps the twin never had
 the guided flow its stage-2/3 self gives in two, so guided quality comes at unguided speed.
 
 Data is rendered on the fly by the procedural world (``videomla_app.world``), seeded by step, so
-every stage is reproducible and resumes exactly. A :class:`Recipe` holds every number of a run;
+every stage is reproducible and resumes exactly (``data.py``; on a GPU, worker processes render
+ahead and the autoencoder encodes each batch on the device, with the same batches). A :class:`Recipe` holds every number of a run;
 ``RECIPES["tiny"]`` is the one that makes the shipped weights, ``RECIPES["smoke"]`` runs in seconds
 for tests.
 """
@@ -20,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import world
 from ..autoencoder import CausalVideoAE, build_autoencoder, reconstruction_loss
 from ..config import Preset, get_preset
 from ..convert import convert_model
 from ..model import build_model
+from .data import ClipRequest, ClipSource, render_batch
 from .flow import flow_matching_loss
 from .guidance import guidance_distillation_loss
 from .loop import Trainer, TrainConfig
@@ -77,98 +78,70 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def clip_batch(recipe: Recipe, step: int, seed: int, batch: int, n_frames: int,
-               ) -> tuple[np.ndarray, list[str], list[str]]:
-    """``batch`` world clips uint8 [B, F, S, S, 3], their captions and scenes, a pure function of
-    the step."""
-    rng = np.random.default_rng([seed, step, 0x51DE])
-    clips, captions, scenes = [], [], []
-    for _ in range(batch):
-        spec = world.sample_spec(rng)
-        start = int(rng.integers(0, 16 * 120))  # anywhere in the first two minutes of motion
-        clips.append(world.render(spec, start, start + n_frames, size=recipe.frame_size,
-                                  seed=int(rng.integers(1 << 30))))
-        captions.append(world.caption(spec, rng))
-        scenes.append(spec.scene)
-    return np.stack(clips), captions, scenes
-
-
-def object_coverage(clips: np.ndarray, scenes: list[str], stride: int) -> torch.Tensor:
-    """Fraction of each ``stride``-pixel block covered by objects or their shadows, [B, F, h, w].
-
-    Objects are a few percent of the pixels, so plain MSE learns the (static) scenes long before
-    it learns to draw the objects that carry most of a prompt's words; this map lets the DiT loss
-    weight them up. Scenes are static images, so "differs from the scene's background" is exact.
-    """
-    B, F, H, W, _ = clips.shape
-    out = np.empty((B, F, H // stride, W // stride), np.float32)
-    for b, scene in enumerate(scenes):
-        bg = world.scenes.background(scene, H).astype(np.float32)  # [H, W, 3]
-        on = (np.abs(clips[b].astype(np.float32) - bg).mean(-1) > 12.0).astype(np.float32)  # [F, H, W]
-        out[b] = on.reshape(F, H // stride, stride, W // stride, stride).mean((2, 4))
-    return torch.from_numpy(out)
-
-
 def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float | None = None,
-             quiet: bool = False) -> CausalVideoAE:
+             quiet: bool = False, device: torch.device | str = "cpu", workers: int = 0) -> CausalVideoAE:
     """Stage 0: the autoencoder, then its latent statistics; writes ``out/ae.safetensors``."""
     cfg = recipe.ae_train
-    ae = build_autoencoder(recipe.ae, seed=cfg.seed)
-
-    def loss(model, step, gen):
-        frames, _, _ = clip_batch(recipe, step, cfg.seed, cfg.batch, recipe.ae_clip_frames)
-        return reconstruction_loss(model, frames)
-
-    trainer = Trainer("ae", ae, cfg, out, loss)
-    if resume:
-        trainer.resume()
-    trainer.run(max_minutes, quiet)
+    ae = build_autoencoder(recipe.ae, seed=cfg.seed).to(device)
+    req = ClipRequest(recipe.frame_size, cfg.seed, cfg.batch, recipe.ae_clip_frames)
+    with ClipSource(req, workers) as clips:
+        trainer = Trainer("ae", ae, cfg, out, lambda model, step, gen: reconstruction_loss(model, clips.get(step).frames))
+        if resume:
+            trainer.resume()
+        trainer.run(max_minutes, quiet)
     if trainer.step >= cfg.steps:
-        clips, _, _ = clip_batch(recipe, 10**6, cfg.seed, recipe.stats_clips, recipe.ae_clip_frames)
-        ae.fit_latent_stats(list(clips))
+        stats = render_batch(replace(req, batch=recipe.stats_clips), 10**6).frames
+        ae.fit_latent_stats(list(stats))
         ae.save(out / "ae.safetensors")
     return ae
 
 
 class LatentData:
-    """Clean latents and prompt token states for DiT training, rendered and encoded on the fly."""
+    """Clean latents and prompt token states for DiT training, rendered (by ``workers`` processes
+    ahead of time, or in-process) and encoded on the fly, on the autoencoder's device."""
 
-    def __init__(self, recipe: Recipe, ae: CausalVideoAE, text_encoder, seed: int) -> None:
-        self.recipe, self.ae, self.text, self.seed = recipe, ae.eval(), text_encoder, seed
+    def __init__(self, recipe: Recipe, ae: CausalVideoAE, text_encoder, seed: int, batch: int,
+                 workers: int = 0) -> None:
+        self.recipe, self.ae, self.text, self.seed, self.n = recipe, ae.eval(), text_encoder, seed, batch
+        stride = ae.spatial_stride if recipe.object_weight else None
+        self.clips = ClipSource(ClipRequest(recipe.frame_size, seed, batch, recipe.dit_clip_frames, stride), workers)
         self._states: dict[str, torch.Tensor] = {}
 
-    def batch(self, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Clean latents [B, F, C, h, w], token states [B, L, D] and the per-latent-pixel loss
         weight [B, F, 1, h, w] (None when the recipe does not weight objects)."""
-        frames, captions, scenes = clip_batch(self.recipe, step, self.seed, batch, self.recipe.dit_clip_frames)
+        got, dev = self.clips.get(step), self.ae.device
+        captions = got.captions
         if self.recipe.caption_dropout:
             # Some clips learn the unconditional flow, so sampling can use classifier-free guidance
             # (the gap between the prompted and the empty-prompt flow is what makes colours stick).
-            drop = np.random.default_rng([self.seed, step, 0xD0]).random(batch) < self.recipe.caption_dropout
+            drop = np.random.default_rng([self.seed, step, 0xD0]).random(self.n) < self.recipe.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop)]
         with torch.no_grad():
-            x0 = torch.cat([self.ae.encode(clip) for clip in frames])  # [B, F, C, h, w], normalised
-        missing = [c for c in captions if c not in self._states]
+            x0 = self.ae.encode_clips(got.frames)  # [B, F, C, h, w], normalised, on dev
+        missing = [c for c in dict.fromkeys(captions) if c not in self._states]
         if missing:
             for c, s in zip(missing, self.text.encode(missing)):
-                self._states[c] = s
+                self._states[c] = s.to(dev)
         weight = None
-        if self.recipe.object_weight:
-            stride = frames.shape[2] // x0.shape[-2]
-            cover = object_coverage(frames, scenes, stride)[:, :, None]  # [B, F, 1, h, w]
+        if got.cover is not None:
+            cover = torch.from_numpy(got.cover)[:, :, None].to(dev)  # [B, F, 1, h, w]
             weight = 1.0 + self.recipe.object_weight * cover
         return x0, torch.stack([self._states[c] for c in captions]), weight
 
+    def close(self) -> None:
+        self.clips.close()
+
 
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
-              max_minutes: float | None = None, quiet: bool = False, init: str = "spectral"):
+              max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
     (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3)."""
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
     if kind in DISTILLED_FROM:
-        return _distill(kind, recipe, cfg, preset, out, ae, text_encoder, resume, max_minutes, quiet)
+        return _distill(kind, recipe, cfg, preset, out, ae, text_encoder, resume, max_minutes, quiet, workers)
     if kind == "mha":
         model = build_model(preset.model, seed=cfg.seed)
     elif kind == "twin":
@@ -178,46 +151,50 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
         dense = build_model(dit_preset(recipe, "mha", ae, text_encoder).model)
         dense.load_state_dict(_weights(out / "mha.safetensors"))
         model = convert_model(dense, preset.model, init, cfg.seed)
-    data = LatentData(recipe, ae, text_encoder, cfg.seed)
+    data = LatentData(recipe, ae, text_encoder, cfg.seed, cfg.batch, workers)
 
     def loss(m, step, gen):
-        x0, text, weight = data.batch(step, cfg.batch)
+        x0, text, weight = data.batch(step)
         return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight)
 
-    return _run(kind, model, cfg, out, loss, resume, max_minutes, quiet)
+    return _run(kind, model.to(ae.device), cfg, out, loss, resume, max_minutes, quiet, data)
 
 
 def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: Path, ae: CausalVideoAE,
-             text_encoder, resume: bool, max_minutes: float | None, quiet: bool):
+             text_encoder, resume: bool, max_minutes: float | None, quiet: bool, workers: int):
     """Stage 4: student and frozen teacher both start as the stage-2/3 weights; every clip keeps
     its prompt (the empty prompt is the teacher's second call, not a training caption)."""
     base = _weights(out / f"{DISTILLED_FROM[kind]}.safetensors")
-    model, teacher = build_model(preset.model), build_model(preset.model)
+    model, teacher = build_model(preset.model, ae.device), build_model(preset.model, ae.device)
     model.load_state_dict(base)
     teacher.load_state_dict(base)
     teacher.requires_grad_(False).eval()
-    data = LatentData(replace(recipe, caption_dropout=0.0), ae, text_encoder, cfg.seed)
-    empty = text_encoder.encode([""])  # [1, L, D]
+    data = LatentData(replace(recipe, caption_dropout=0.0), ae, text_encoder, cfg.seed, cfg.batch, workers)
+    empty = text_encoder.encode([""]).to(ae.device)  # [1, L, D]
 
     def loss(m, step, gen):
-        x0, text, weight = data.batch(step, cfg.batch)
+        x0, text, weight = data.batch(step)
         return guidance_distillation_loss(m, teacher, x0, text, empty.expand_as(text), preset,
                                           recipe.distill_guidance, gen, weight=weight)
 
-    return _run(kind, model, cfg, out, loss, resume, max_minutes, quiet)
+    return _run(kind, model, cfg, out, loss, resume, max_minutes, quiet, data)
 
 
 def _run(kind: str, model: torch.nn.Module, cfg: TrainConfig, out: Path, loss, resume: bool,
-         max_minutes: float | None, quiet: bool):
+         max_minutes: float | None, quiet: bool, data: LatentData):
     """Train (or resume) a DiT stage; its final weights go to ``out/<kind>.safetensors``."""
     trainer = Trainer(kind, model, cfg, out, loss)
     if resume:
         trainer.resume()
-    trainer.run(max_minutes, quiet)
+    try:
+        trainer.run(max_minutes, quiet)
+    finally:
+        data.close()
     if trainer.step >= cfg.steps:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / f"{kind}.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(out / f"{kind}.safetensors"))
     return model, trainer
 
 
