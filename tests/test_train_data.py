@@ -97,3 +97,24 @@ def test_train_cli_with_workers_runs_as_a_module(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ae.safetensors").exists() and "Traceback" not in r.stderr
     assert r.stdout.count("stage ae") == 1, r.stdout
+
+
+def test_train_bench_script_measures_each_worker_count(tmp_path, capsys):
+    """scripts/train_bench.py on the smoke recipe: one row per worker count, ratios against the first."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "train_bench.py"
+    spec = importlib.util.spec_from_file_location("train_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--recipe", "smoke", "--steps", "2", "--warmup", "1",
+                       "--workers", "0,1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workers"] for r in rows] == [0, 1] and rows[0]["ratio_vs_first"] == 1.0
+    assert all(r["steps_timed"] == 2 and r["s_per_step"] > 0 and math.isfinite(r["last_loss"]) for r in rows)
+    assert "s/step" in capsys.readouterr().out
+    assert bench.main(["--device", "cpu", "--workers", "0,x"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err
