@@ -161,9 +161,29 @@ def test_standard_error_and_paired_difference():
         paired_difference(a, b[:2], ["quality"])
 
 
+def test_repeats_run_every_prompt_with_fresh_seeds_and_pair_by_video():
+    """--repeats: prompt i of repeat j uses seed + i + j * prompts (repeat 0 is the plain set), and
+    the errors and the paired comparison are over all videos."""
+    from videomla_app.evaluate import evaluate_models, video_seeds
+
+    assert video_seeds(2, 5, 3) == [(0, 0, 5), (1, 0, 6), (0, 1, 7), (1, 1, 8), (0, 2, 9), (1, 2, 10)]
+    assert [s for *_, s in video_seeds(8, 0, 1)] == list(range(8))
+    rep = evaluate_models(["test-mla", "test-mha"], PROMPTS[:2], seconds=2, seed=5, repeats=2)
+    assert rep["repeats"] == 2 and rep["seeds"] == [5, 6, 7, 8]
+    r = rep["results"]["test-mla"]
+    assert [(v["prompt"], v["seed"], v["repeat"]) for v in r["prompts"]] == [
+        (PROMPTS[0], 5, 0), (PROMPTS[1], 6, 0), (PROMPTS[0], 7, 1), (PROMPTS[1], 8, 1)]
+    assert len(r["prompt_means"]) == 4 and rep["comparison"]["metrics"]["quality"]["n"] == 4
+    # repeat 0 is exactly the plain run with the same seeds
+    plain = evaluate_model("test-mla", PROMPTS[:2], seconds=2, seed=5)
+    assert plain["prompts"] == r["prompts"][:2]
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        evaluate_model("test-mla", PROMPTS[:1], seconds=2, repeats=0)
+
+
 def test_cli_rejects_bad_options():
     app = _cli()
     for args in (["--models", "test-mla", "--ranks"], ["--models", "nope"], ["--prompts", "9"],
-                 ["--seconds", "0"], ["--prompts", "0"]):
+                 ["--seconds", "0"], ["--prompts", "0"], ["--repeats", "0"], ["--repeats", "101"]):
         r = CliRunner().invoke(app, ["eval", *args])
         assert r.exit_code == 2, (args, r.output)

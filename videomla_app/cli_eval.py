@@ -17,6 +17,8 @@ def eval_models(
     seconds: Annotated[float, typer.Option(help="Video length per prompt, in seconds.")] = 120.0,
     prompts: Annotated[int | None, typer.Option(help="Use the first N prompts of the set (0: none).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
+    repeats: Annotated[int, typer.Option(help="Videos per prompt, each with its own seed (seed + i + j x "
+                                              "prompts): more videos, smaller errors.")] = 1,
     segment: Annotated[float, typer.Option(help="Report segment length, in seconds.")] = 15.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write every number to this JSON file.")] = None,
     ranks: Annotated[bool, typer.Option(help="Add the MHA -> MLA rank analysis (needs an MLA model and its "
@@ -31,6 +33,7 @@ def eval_models(
       videomla eval                                   # tiny vs tiny-mha, 8 prompts x 2 minutes
       videomla eval --seconds 30 --prompts 2 --json eval.json
       videomla eval --ranks --prompts 0               # only the rank analysis (seconds)
+      videomla eval --seconds 30 --repeats 4          # 32 videos: half the error at the same cost
     """
     from .eval_metrics import WINDOW_S
     from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
@@ -53,11 +56,14 @@ def eval_models(
         raise UsageError(f"--segment must be at least {WINDOW_S:g} s (one reader window), got {segment:g}")
     if ranks and rank_pair(names) is None:
         raise UsageError("--ranks needs an MLA model and its dense twin in --models (e.g. tiny,tiny-mha)")
+    if not 1 <= repeats <= 100:
+        raise UsageError(f"--repeats must be between 1 and 100, got {repeats}")
     if n == 0 and not ranks:
         raise UsageError("--prompts 0 without --ranks leaves nothing to do")
     try:
         report = evaluate_models(names, PROMPTS[:n], seconds, seed, segment_s=segment, device=device,
-                                 dtype=dtype, ranks=ranks, progress=lambda line: err.print(line, highlight=False))
+                                 dtype=dtype, ranks=ranks, progress=lambda line: err.print(line, highlight=False),
+                                 repeats=repeats)
     except ModelUnavailable as e:
         raise RuntimeFailure(str(e)) from None
     out.print(format_table(report))

@@ -86,7 +86,7 @@ def eval_table(report: dict) -> str:
     lines = []
     for name, r in report["results"].items():
         segs = r["segments"]
-        lines.append(f"**{name}** ({r['attn'].upper()}): {len(r['prompts'])} prompts × {r['seconds']:g} s, "
+        lines.append(f"**{name}** ({r['attn'].upper()}): {len(r['prompts'])} videos × {r['seconds']:g} s, "
                      f"{_fmt(r['achieved_fps'], 1)} fps generated, KV cache {r['cache_bytes']:,} bytes, "
                      f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB\n")
         sem = r.get("sem")  # reports before the standard errors were added have none
