@@ -141,7 +141,7 @@ def test_batched_clip_encode_equals_encoding_each_clip(bf16):
     assert batched.shape == (3, 6, TINY.latent_channels, 4, 4) and batched.dtype == torch.float32
     assert torch.equal(batched, each)
     assert not torch.equal(batched[0], batched[1])
-    with pytest.raises(ValueError, match="needs 1 \+ 2k frames"):
+    with pytest.raises(ValueError, match=r"needs 1 \+ 2k frames"):
         build_autoencoder(replace(TINY, temporal_stride=2)).encode_clips(clips)
 
 
