@@ -8,7 +8,8 @@ the guided flow its stage-2/3 self gives in two, so guided quality comes at ungu
 
 Data is rendered on the fly by the procedural world (``videomla_app.world``), seeded by step, so
 every stage is reproducible and resumes exactly (``data.py``; on a GPU, worker processes render
-ahead and the autoencoder encodes each batch on the device, with the same batches). A :class:`Recipe` holds every number of a run;
+ahead and the autoencoder encodes each batch on the device, with the same batches).
+A :class:`Recipe` holds every number of a run;
 ``RECIPES["tiny"]`` is the one that makes the shipped weights, ``RECIPES["smoke"]`` runs in seconds
 for tests.
 """
@@ -85,7 +86,10 @@ def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float
     ae = build_autoencoder(recipe.ae, seed=cfg.seed).to(device)
     req = ClipRequest(recipe.frame_size, cfg.seed, cfg.batch, recipe.ae_clip_frames)
     with ClipSource(req, workers) as clips:
-        trainer = Trainer("ae", ae, cfg, out, lambda model, step, gen: reconstruction_loss(model, clips.get(step).frames))
+        def loss(model, step, gen):
+            return reconstruction_loss(model, clips.get(step).frames)
+
+        trainer = Trainer("ae", ae, cfg, out, loss)
         if resume:
             trainer.resume()
         trainer.run(max_minutes, quiet)
