@@ -54,6 +54,32 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_ctrl_c_finishes_the_step_checkpoints_it_and_resume_is_exact(tmp_path):
+    """SIGINT during step 4 (no periodic checkpoint due): the step completes, is saved, and the
+    run raises KeyboardInterrupt; resuming gives exactly the uninterrupted weights."""
+    import signal
+
+    cfg = TrainConfig(steps=6, batch=2, lr=1e-3, warmup=2, bf16=False, ckpt_every=1000)
+    straight = build_model(P.model, seed=0)
+    Trainer("a", straight, cfg, tmp_path / "a", _loss).run(quiet=True)
+
+    def interrupting(model, step, gen):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does, mid-step
+        return _loss(model, step, gen)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer("b", build_model(P.model, seed=0), cfg, tmp_path / "b", interrupting).run(quiet=True)
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+    resumed = build_model(P.model, seed=99)
+    t = Trainer("b", resumed, cfg, tmp_path / "b", _loss)
+    assert t.resume() and t.step == 4 and len(t.log) == 4
+    t.run(quiet=True)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_chunk_timesteps_share_a_level_per_chunk():
     s = FlowSampler(P.sampler)
     t = chunk_timesteps(3, 7, 2, s, torch.Generator().manual_seed(0))

@@ -118,3 +118,32 @@ def test_train_bench_script_measures_each_worker_count(tmp_path, capsys):
     assert "s/step" in capsys.readouterr().out
     assert bench.main(["--device", "cpu", "--workers", "0,x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_ctrl_c_with_workers_saves_the_last_step_and_exits_130_without_tracebacks(tmp_path):
+    """Ctrl-C goes to the whole process group: the trainer finishes and checkpoints its step, says
+    how to resume and exits 130, and the render workers print no tracebacks of their own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "videomla_app", "train"]
+    common = ["--recipe", "smoke", "--out", str(tmp_path), "--device", "cpu"]
+    subprocess.run([*base, "ae", *common, "--steps", "2"], check=True, capture_output=True, timeout=300)
+    p = subprocess.Popen([*base, "mha", *common, "--steps", "1000000", "--workers", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in p.stdout:  # wait until training (and so the workers) is under way
+            if "mha step" in line:
+                break
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted in stage mha" in err and "--resume" in err and "Traceback" not in err, err[-2000:]
+    state = torch.load(tmp_path / "mha.ckpt.pt", map_location="cpu", weights_only=True)
+    assert state["step"] >= 10  # every finished step is saved, not only every `ckpt_every`-th

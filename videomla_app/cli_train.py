@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import UsageError, app, friendly, out
+from .cli import UsageError, app, err, friendly, out
 
 
 @app.command()
@@ -87,24 +87,29 @@ def train(
     def left() -> float | None:  # --max-minutes bounds the whole command, not each stage
         return None if max_minutes is None else max(0.0, max_minutes - (time.monotonic() - t0) / 60)
 
-    for s in todo:
-        out.print(f"[bold]stage {s}[/bold] ({r.name}) -> {out_dir}")
-        if s == "ae":
-            if (out_dir / "ae.safetensors").exists() and stage == "all":
+    s = todo[0]
+    try:
+        for s in todo:
+            out.print(f"[bold]stage {s}[/bold] ({r.name}) -> {out_dir}")
+            if s == "ae":
+                if (out_dir / "ae.safetensors").exists() and stage == "all":
+                    continue
+                ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers)
+                if not (out_dir / "ae.safetensors").exists():
+                    out.print("stopped before the end of stage ae: run again with --resume")
+                    return
                 continue
-            ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers)
-            if not (out_dir / "ae.safetensors").exists():
-                out.print("stopped before the end of stage ae: run again with --resume")
+            ae = ae or CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
+            text = _text_encoder(r, dev)
+            if (out_dir / f"{s}.safetensors").exists() and stage == "all":
+                continue
+            _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers)
+            if not (out_dir / f"{s}.safetensors").exists():
+                out.print(f"stopped at step {trainer.step}: run again with --resume")
                 return
-            continue
-        ae = ae or CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
-        text = _text_encoder(r, dev)
-        if (out_dir / f"{s}.safetensors").exists() and stage == "all":
-            continue
-        _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers)
-        if not (out_dir / f"{s}.safetensors").exists():
-            out.print(f"stopped at step {trainer.step}: run again with --resume")
-            return
+    except KeyboardInterrupt:  # the trainer has checkpointed its last finished step
+        err.print(f"interrupted in stage {s}: its last finished step is saved; run again with --resume")
+        raise typer.Exit(130) from None
     out.print("done")
 
 

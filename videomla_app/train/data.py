@@ -14,6 +14,7 @@ default there stays ``workers=0`` (in-process, nothing to start).
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -84,6 +85,12 @@ def render_batch(req: ClipRequest, step: int) -> ClipBatch:
     return ClipBatch(frames, captions, scenes, cover)
 
 
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group; the trainer handles it (and shuts the pool down),
+    so a worker must not die with a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ClipSource:
     """The batches of successive steps, rendered in-process or up to ``ahead`` steps in advance by
     ``workers`` processes. Asking for a step out of order (a resume) just drops the stale work."""
@@ -102,7 +109,8 @@ class ClipSource:
         if self._pool is None:
             # spawn, not fork: the trainer may hold CUDA state and OpenMP threads that a fork copies
             # in a broken state; the workers only need numpy, PIL and the world.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_ignore_interrupts)
         for s in [s for s in self._pending if s < step or s >= step + self.ahead]:
             self._pending.pop(s).cancel()
         for s in range(step, step + self.ahead):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -81,15 +83,36 @@ class Trainer:
         return True
 
     def run(self, max_minutes: float | None = None, quiet: bool = False) -> list[dict]:
-        """Train until ``cfg.steps`` or the time budget; checkpoints on the way and at the end."""
+        """Train until ``cfg.steps`` or the time budget; checkpoints on the way and at the end.
+
+        Ctrl-C (SIGINT, in the main thread) finishes the current step, checkpoints it and then
+        raises ``KeyboardInterrupt``, so an interrupted run loses no finished step and ``--resume``
+        continues bit-exactly (an interrupt inside the optimizer update could not promise that).
+        """
         c, t0 = self.cfg, time.monotonic()
+        interrupted = threading.Event()
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main else None
+        try:
+            self._loop(c, t0, max_minutes, quiet, interrupted)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
+        self._checkpoint(t0)
+        self.model.eval()
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        return self.log
+
+    def _loop(self, c: TrainConfig, t0: float, max_minutes: float | None, quiet: bool,
+              interrupted: threading.Event) -> None:
         self.model.train()
         dev_type = next(self.model.parameters()).device.type
         with Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as bar:
             task = bar.add_task(self.name, total=c.steps, completed=self.step, loss="-")
             while self.step < c.steps:
-                if max_minutes is not None and (time.monotonic() - t0) / 60 >= max_minutes:
+                if interrupted.is_set() or (max_minutes is not None and (time.monotonic() - t0) / 60 >= max_minutes):
                     break
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr_at(self.step)
@@ -110,9 +133,6 @@ class Trainer:
                           f"({self.log[-1]['elapsed_s']:.0f} s)", flush=True)
                 if self.step % c.ckpt_every == 0:
                     self._checkpoint(t0)
-        self._checkpoint(t0)
-        self.model.eval()
-        return self.log
 
     def _checkpoint(self, t0: float) -> None:
         elapsed, self.elapsed = self.elapsed, self.elapsed + time.monotonic() - t0
