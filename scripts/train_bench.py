@@ -30,21 +30,14 @@ def measure(recipe_name: str, device: str, batch: int | None, steps: int, warmup
     import torch
 
     from videomla_app.autoencoder import build_autoencoder
-    from videomla_app.train.stages import recipe_with, train_dit
+    from videomla_app.train.stages import recipe_text_encoder, recipe_with, train_dit
 
     over = {"steps": steps + warmup, "ckpt_every": 10**9}
     if batch is not None:
         over["batch"] = batch
     r = recipe_with(recipe_name, **over)
     ae = build_autoencoder(r.ae, seed=0).to(device)
-    if recipe_name == "smoke":
-        from videomla_app.encoders import ToyTextEncoder
-
-        text = ToyTextEncoder(32, 8)
-    else:
-        from videomla_app.text_encoder import MiniLMTextEncoder
-
-        text = MiniLMTextEncoder(text_len=16, device=device)
+    text = recipe_text_encoder(r, device)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         _, trainer = train_dit("mha", r, Path(tmp), ae, text, quiet=True, workers=workers)
@@ -53,8 +46,8 @@ def measure(recipe_name: str, device: str, batch: int | None, steps: int, warmup
         torch.cuda.synchronize()
     log = trainer.log
     timed = log[warmup:]
-    per_step = (timed[-1]["elapsed_s"] - log[warmup - 1]["elapsed_s"]) / len(timed) if warmup else \
-        timed[-1]["elapsed_s"] / len(timed)
+    start = log[warmup - 1]["elapsed_s"] if warmup else 0.0
+    per_step = (timed[-1]["elapsed_s"] - start) / len(timed)
     b = r.mha_train.batch
     return {"workers": workers, "batch": b, "steps_timed": len(timed), "s_per_step": per_step,
             "clips_per_s": b / per_step, "wall_s": wall, "last_loss": log[-1]["loss"]}

@@ -360,10 +360,8 @@ class CausalVideoAE(nn.Module):
         Runs causally in chunks of about ``chunk_frames`` so a minute of video fits in memory. With a
         temporal stride s, F must be 1 + s k (Wan's mapping).
         """
-        s = self.temporal_stride
-        F_ = len(frames)
-        if F_ == 0 or (s > 1 and (F_ - 1) % s):
-            raise ValueError(f"temporal stride {s} needs 1 + {s}k frames, got {F_}")
+        s, F_ = self.temporal_stride, len(frames)
+        self._check_frames(F_)
         step = max(s, chunk_frames // s * s)
         bounds = [0, 1 if s > 1 else min(step, F_)]
         while bounds[-1] < F_:
@@ -384,11 +382,15 @@ class CausalVideoAE(nn.Module):
         GPU would otherwise wait on many small launches and host copies. For clips no longer than
         one streaming chunk (training clips are) it is exactly :meth:`encode` of each (tested).
         """
-        s, F_ = self.temporal_stride, clips.shape[1]
-        if F_ == 0 or (s > 1 and (F_ - 1) % s):
-            raise ValueError(f"temporal stride {s} needs 1 + {s}k frames, got {F_}")
+        self._check_frames(clips.shape[1])
         z, _ = self.enc(frames_to_tensor(clips).to(self.device, self.dtype), {}, first=True)  # [B, f, C, h, w]
         return self.normalize(z)
+
+    def _check_frames(self, n: int) -> None:
+        """With a temporal stride s a clip needs 1 + s k frames (Wan's mapping)."""
+        s = self.temporal_stride
+        if n == 0 or (s > 1 and (n - 1) % s):
+            raise ValueError(f"temporal stride {s} needs 1 + {s}k frames, got {n}")
 
     def decoder(self) -> "AEStreamDecoder":
         return AEStreamDecoder(self)

@@ -38,7 +38,7 @@ def train(
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
     """
     from .autoencoder import CausalVideoAE
-    from .train.stages import RECIPES, STAGES, recipe_with, train_ae, train_dit
+    from .train.stages import RECIPES, STAGES, recipe_text_encoder, recipe_with, train_ae, train_dit
 
     if stage not in (*STAGES, "all", "ship", "card"):
         raise UsageError(f"unknown stage {stage!r}: use {', '.join(STAGES)}, all, ship or card")
@@ -69,7 +69,7 @@ def train(
         from .models import assets_dir
         from .train.ship import ship
 
-        for f in ship(out_dir, assets_dir(), r, _text_encoder(r)):
+        for f in ship(out_dir, assets_dir(), r, recipe_text_encoder(r)):
             out.print(f"wrote {f}")
         return
     from .models import ModelUnavailable, resolve_device
@@ -82,7 +82,7 @@ def train(
         workers = 0 if dev.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = STAGES if stage == "all" else (stage,)
-    ae, t0 = None, time.monotonic()
+    ae, text, t0 = None, None, time.monotonic()
 
     def left() -> float | None:  # --max-minutes bounds the whole command, not each stage
         return None if max_minutes is None else max(0.0, max_minutes - (time.monotonic() - t0) / 60)
@@ -99,10 +99,12 @@ def train(
                     out.print("stopped before the end of stage ae: run again with --resume")
                     return
                 continue
-            ae = ae or CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
-            text = _text_encoder(r, dev)
             if (out_dir / f"{s}.safetensors").exists() and stage == "all":
                 continue
+            if ae is None:
+                ae = CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
+            if text is None:  # loaded once, by the first stage that trains
+                text = recipe_text_encoder(r, dev)
             _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers)
             if not (out_dir / f"{s}.safetensors").exists():
                 out.print(f"stopped at step {trainer.step}: run again with --resume")
@@ -111,13 +113,3 @@ def train(
         err.print(f"interrupted in stage {s}: its last finished step is saved; run again with --resume")
         raise typer.Exit(130) from None
     out.print("done")
-
-
-def _text_encoder(recipe, device="cpu"):
-    if recipe.name == "smoke":
-        from .encoders import ToyTextEncoder
-
-        return ToyTextEncoder(32, 8)
-    from .text_encoder import MiniLMTextEncoder
-
-    return MiniLMTextEncoder(text_len=16, device=device)

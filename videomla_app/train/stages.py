@@ -210,6 +210,17 @@ def dit_preset(recipe: Recipe, kind: str, ae: CausalVideoAE, text_encoder) -> Pr
     return replace(p, model=model, text_len=text_encoder.text_len)
 
 
+def recipe_text_encoder(recipe: Recipe, device: torch.device | str = "cpu"):
+    """The text encoder a recipe trains with: the toy one for the smoke recipe, MiniLM otherwise."""
+    if recipe.name == "smoke":
+        from ..encoders import ToyTextEncoder
+
+        return ToyTextEncoder(32, 8)
+    from ..text_encoder import MiniLMTextEncoder
+
+    return MiniLMTextEncoder(text_len=16, device=device)
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
