@@ -87,6 +87,7 @@ def test_extend_equals_one_longer_run_frame_for_frame(tmp_path):
     (["x", "--seconds", "1", "--model", "nope"], "unknown model"),
     (["x", "--seconds", "1", "--steps", "0"], "steps"),
     (["x", "--seconds", "1", "--guidance", "-1"], "guidance"),
+    (["x", "--seconds", "1", "--warm-start", "1500"], "--warm-start must be a timestep"),
     (["x", "--seconds", "1", "--device", "tpu"], "unknown device"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, message, tmp_path):
@@ -127,14 +128,15 @@ def test_runtime_errors_exit_1(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "not enough disk space" in r.stderr
 
 
-def test_extend_keeps_the_guidance_of_the_session(tmp_path):
+@pytest.mark.parametrize("option,value,key", [("--guidance", 2.5, "guidance"), ("--warm-start", 900, "warm_start")])
+def test_extend_keeps_the_sampler_settings_of_the_session(tmp_path, option, value, key):
     for name, secs in (("short", 1), ("long", 2)):
-        r = run(*GEN, "a red ball", "--seconds", secs, "--guidance", 2.5, "--out", tmp_path / f"{name}.mp4")
+        r = run(*GEN, "a red ball", "--seconds", secs, option, value, "--out", tmp_path / f"{name}.mp4")
         assert r.exit_code == 0, r.stderr
     assert run("extend", tmp_path / "short.mp4", "--seconds", 1, "--no-preview").exit_code == 0
     ext, long = read_frames(tmp_path / "short-extended.mp4")[0], read_frames(tmp_path / "long.mp4")[0]
     assert np.array_equal(ext, long)
-    assert probe(tmp_path / "long.mp4")["comment"]["guidance"] == 2.5
+    assert probe(tmp_path / "long.mp4")["comment"][key] == value
 
 
 def test_extend_refuses_bad_clips_and_foreign_sessions(tmp_path):

@@ -96,6 +96,9 @@ def test_evaluate_model_on_a_dev_model(tmp_path):
     assert all(v is None or 0 <= v <= 100 for k, v in r["mean"].items() if k in SCORES)
     json.loads(json.dumps(r))  # every number is plain JSON
     assert format_table(r) is not None
+    assert r["sampler"]["warm_start"] == 0.0 and r["sampler"]["steps"]  # the settings the numbers belong to
+    warm = evaluate_model("test-mla", PROMPTS[:1], seconds=1, seed=5, warm_start=900)
+    assert warm["sampler"]["warm_start"] == 900.0
 
 
 def test_rank_analysis_on_small_random_models():
@@ -184,6 +187,7 @@ def test_repeats_run_every_prompt_with_fresh_seeds_and_pair_by_video():
 def test_cli_rejects_bad_options():
     app = _cli()
     for args in (["--models", "test-mla", "--ranks"], ["--models", "nope"], ["--prompts", "9"],
-                 ["--seconds", "0"], ["--prompts", "0"], ["--repeats", "0"], ["--repeats", "101"]):
+                 ["--seconds", "0"], ["--prompts", "0"], ["--repeats", "0"], ["--repeats", "101"],
+                 ["--warm-start", "-5"], ["--warm-start", "1001"]):
         r = CliRunner().invoke(app, ["eval", *args])
         assert r.exit_code == 2, (args, r.output)

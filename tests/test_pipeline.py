@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import tiny_pipeline
+from videomla_app.config import CacheConfig
 from videomla_app.memory import rss_bytes
 from videomla_app.pipeline import PromptSegment, Timeline
 from videomla_app.session import load_session, read_session_meta, save_session
@@ -91,14 +92,62 @@ def test_chunks_for_seconds():
             pipe.chunks_for_seconds(bad)
 
 
-@pytest.mark.parametrize("recache", [False, True])
-def test_save_restore_continues_exactly(tmp_path, recache):
-    ref = _frames(tiny_pipeline(recache=recache).stream(TL, 8, seed=3))
-    pipe = tiny_pipeline(recache=recache)
+def _warm(pipe, warm_start: float):
+    pipe.preset = replace(pipe.preset, sampler=replace(pipe.preset.sampler, warm_start=warm_start))
+    pipe.sampler = type(pipe.sampler)(pipe.preset.sampler)
+    return pipe
+
+
+def _count_flow_calls(pipe) -> list[int]:
+    """Model calls per chunk, recorded as the pipeline runs."""
+    calls: list[int] = []
+    flow, seen = pipe._flow, {}
+
+    def counted(x, t, text, cache, step, inputs):
+        if step.f0 not in seen:
+            seen[step.f0] = len(calls)
+            calls.append(0)
+        calls[seen[step.f0]] += 1
+        return flow(x, t, text, cache, step, inputs)
+
+    pipe._flow = counted
+    return calls
+
+
+def test_warm_start_begins_later_chunks_from_the_last_frame():
+    plain = list(tiny_pipeline().stream(TL, 8, seed=2))
+    pipe = _warm(tiny_pipeline(), 900)  # test-mla's (warped) steps are 1000, 833.3: warm ones 900, 833.3
+    calls = _count_flow_calls(pipe)
+    warm = list(pipe.stream(TL, 8, seed=2))
+    assert pipe.sampler.warm_timesteps == pytest.approx([900.0, 833.333], abs=1e-3) and calls == [2] * 8
+    assert torch.equal(plain[0].latents, warm[0].latents)
+    assert not torch.equal(plain[1].latents, warm[1].latents)
+    # a warm-started chunk stays nearer the frame it started from than the cold one (same chunk 0)
+    last = plain[0].latents[:, -1:]
+    assert (warm[1].latents - last).abs().mean() < (plain[1].latents - last).abs().mean()
+
+
+def test_warm_start_skips_the_steps_above_it_but_not_on_a_switch():
+    pipe = _warm(tiny_pipeline(recache=True), 500)  # below both steps: one step at 500
+    calls = _count_flow_calls(pipe)
+    ev = list(pipe.stream(TL, 6, seed=0))
+    # chunk 0 has no previous frame and chunk 4 switches the prompt: both run the full schedule
+    assert calls == [2, 1, 1, 1, 2, 1] and [e.switched for e in ev] == [False] * 4 + [True, False]
+    # a window of 0 keeps no recent frame (only the sink, frame 0): every chunk after the first starts cold
+    pipe = _warm(tiny_pipeline(cache=CacheConfig(sink_frames=2, window_frames=0, chunk_frames=2)), 500)
+    calls = _count_flow_calls(pipe)
+    list(pipe.stream("a red ball", 4, seed=0))
+    assert calls == [2, 1, 2, 2]  # chunk 1 starts from the sink's last frame, the one before it
+
+
+@pytest.mark.parametrize("recache,warm_start", [(False, 0.0), (True, 0.0), (True, 900.0)])
+def test_save_restore_continues_exactly(tmp_path, recache, warm_start):
+    ref = _frames(_warm(tiny_pipeline(recache=recache), warm_start).stream(TL, 8, seed=3))
+    pipe = _warm(tiny_pipeline(recache=recache), warm_start)
     state = pipe.new_state(3)
     first = list(pipe.stream(TL, 3, state=state))
     save_session(tmp_path / "s.safetensors", pipe, state, TL, {"note": "x"})
-    pipe2 = tiny_pipeline(recache=recache)
+    pipe2 = _warm(tiny_pipeline(recache=recache), warm_start)
     state2, tl2, extra = load_session(tmp_path / "s.safetensors", pipe2)
     assert tl2 == TL and extra == {"note": "x"} and state2.frame == 6
     rest = list(pipe2.stream(tl2, 5, state=state2))
@@ -116,6 +165,7 @@ def test_restore_in_a_new_process_is_bit_identical(tmp_path):
         import sys, numpy as np
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
         from helpers import tiny_pipeline
+from videomla_app.config import CacheConfig
         from videomla_app.session import load_session
         pipe = tiny_pipeline()
         state, tl, _ = load_session({str(tmp_path / 's.safetensors')!r}, pipe)

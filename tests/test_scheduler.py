@@ -58,3 +58,14 @@ def test_renoise_step_redraws_the_noise():
 def test_unknown_solver_is_rejected():
     with pytest.raises(ValueError, match="unknown solver 'heun'"):
         FlowSampler(SamplerConfig(solver="heun"))
+
+
+def test_warm_start_runs_the_steps_below_its_timestep():
+    unwarped = SamplerConfig(warp=False)
+    assert FlowSampler(SamplerConfig(warp=False, warm_start=750)).warm_timesteps == [750.0, 500.0, 250.0]
+    assert FlowSampler(SamplerConfig(warp=False, warm_start=600)).warm_timesteps == [600.0, 500.0, 250.0]
+    assert FlowSampler(SamplerConfig(warp=False, warm_start=100)).warm_timesteps == [100.0]
+    assert FlowSampler(unwarped).warm_timesteps == [1000.0, 750.0, 500.0, 250.0]  # 0 = off
+    for bad in (-1.0, 1001.0, float("nan")):
+        with pytest.raises(ValueError, match="warm start"):
+            FlowSampler(SamplerConfig(warm_start=bad))

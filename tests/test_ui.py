@@ -67,7 +67,7 @@ def server(tmp_path_factory):
 
 def generate(client, prompt="a red ball bouncing on a beach", seconds=3, table=None, seed=0,
              model="test-mla"):
-    return client.submit(prompt, table or rows(), seconds, seed, model, None, None, None, None, "cpu", True,
+    return client.submit(prompt, table or rows(), seconds, seed, model, None, None, None, None, None, "cpu", True,
                          api_name="/generate")
 
 

@@ -7,7 +7,9 @@ interleaved repetitions and its ratio to dense MHA *at the same window* measured
 - whole-model chunk forward of the small presets (embedded size) through the rolling cache, and
   the MLA cache-write pass, which stops after the last layer's K/V write;
 - one 1.3B-shaped self-attention layer (d 1536, 12 heads, d_c 192 + 32): a 3-frame chunk
-  (4,680 tokens) against the 1 sink + 6 window + chunk cache (15,600 keys).
+  (4,680 tokens) against the 1 sink + 6 window + chunk cache (15,600 keys);
+- the shipped ``tiny`` end to end (denoise, cache write, decode) per chunk, with cold chunks and
+  with its warm start (ratio against cold).
 """
 
 from __future__ import annotations
@@ -97,6 +99,26 @@ def _layer_case(dtype: torch.dtype, reps: int, device: str) -> dict[str, float]:
     return _best(fns, reps)
 
 
+def _pipeline_case(reps: int, device: str, chunks: int = 12) -> dict[str, float]:
+    """Seconds per chunk of the shipped ``tiny`` over ``chunks`` chunks from a fresh state, cold
+    (warm start 0) and with its shipped warm start; {} when the weights are not in this build."""
+    from .models import ModelUnavailable, load_pipeline
+
+    fns = {}
+    try:
+        shipped = load_pipeline("tiny", device=device).preset.sampler.warm_start
+        for warm in (0.0, shipped or 750.0):
+            pipe = load_pipeline("tiny", device=device, warm_start=warm)
+
+            def run(pipe=pipe):
+                for _ in pipe.stream("a red ball bouncing on a sunny day", chunks, seed=0):
+                    pass
+            fns[f"tiny/warm-{warm:g}"] = run
+    except ModelUnavailable:
+        return {}
+    return {k: v / chunks for k, v in _best(fns, reps).items()}
+
+
 def main(quick: bool = False, json_path: str | None = None, dtype_name: str = "bfloat16") -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, dtype_name)
@@ -104,9 +126,13 @@ def main(quick: bool = False, json_path: str | None = None, dtype_name: str = "b
     torch.manual_seed(0)
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}",
                "dtype": dtype_name, "model": _model_case(dtype, reps, device),
-               "layer_1.3b": _layer_case(dtype, max(2, reps // 2), device)}
-    for group, base in (("model", "small-mha/sdpa"), ("layer_1.3b", "layer/mha-sdpa")):
-        print(f"\n{group} ({results['device']}, {dtype_name}); ratio = MHA time / this time (>1 = faster)")
+               "layer_1.3b": _layer_case(dtype, max(2, reps // 2), device),
+               "pipeline": _pipeline_case(max(2, reps // 2), device)}
+    for group, base, what in (("model", "small-mha/sdpa", "MHA"), ("layer_1.3b", "layer/mha-sdpa", "MHA"),
+                              ("pipeline", "tiny/warm-0", "cold-chunk")):
+        if not results[group]:
+            continue
+        print(f"\n{group} ({results['device']}, {dtype_name}); ratio = {what} time / this time (>1 = faster)")
         for k, v in results[group].items():
             print(f"  {k:<22} {v * 1e3:9.1f} ms   ratio {results[group][base] / v:5.2f}")
     budget = {}

@@ -23,6 +23,8 @@ def eval_models(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write every number to this JSON file.")] = None,
     ranks: Annotated[bool, typer.Option(help="Add the MHA -> MLA rank analysis (needs an MLA model and its "
                                              "dense twin in --models).")] = False,
+    warm_start: Annotated[float | None, typer.Option("--warm-start", help="Warm-start timestep for every model "
+                                                          "(0 = off; default: each model's own).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
 ) -> None:
@@ -58,12 +60,14 @@ def eval_models(
         raise UsageError("--ranks needs an MLA model and its dense twin in --models (e.g. tiny,tiny-mha)")
     if not 1 <= repeats <= 100:
         raise UsageError(f"--repeats must be between 1 and 100, got {repeats}")
+    if warm_start is not None and not 0 <= warm_start <= 1000:
+        raise UsageError(f"--warm-start must be a timestep between 0 (off) and 1000, got {warm_start:g}")
     if n == 0 and not ranks:
         raise UsageError("--prompts 0 without --ranks leaves nothing to do")
     try:
         report = evaluate_models(names, PROMPTS[:n], seconds, seed, segment_s=segment, device=device,
                                  dtype=dtype, ranks=ranks, progress=lambda line: err.print(line, highlight=False),
-                                 repeats=repeats)
+                                 repeats=repeats, warm_start=warm_start)
     except ModelUnavailable as e:
         raise RuntimeFailure(str(e)) from None
     out.print(format_table(report))

@@ -106,6 +106,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same video.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Denoising steps per chunk (model default: 4).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Prompt guidance scale; 1 = off and twice as fast (model default).")] = None,
+    warm_start: Annotated[float | None, typer.Option("--warm-start", help="Start each later chunk from the last frame noised to this timestep; 0 = off (model default).")] = None,
     window: Annotated[int | None, typer.Option(help="Window of recent latent frames kept in the cache.")] = None,
     sink: Annotated[int | None, typer.Option(help="Sink latent frames kept from the start.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -138,7 +139,8 @@ def generate(
                          f"after the end of a {total:g} s video")
     ensure_downloaded(model, yes, err)  # a download-tier model's files: ask (terminal), --yes, or say what to run
     pipe = open_pipeline(model, device=device, dtype=dtype, steps=steps, window=window, sink=sink, recache=recache,
-                         allow_missing=allow_missing, offload_text=offload_text, guidance=guidance)
+                         allow_missing=allow_missing, offload_text=offload_text, guidance=guidance,
+                         warm_start=warm_start)
     default = default_output(timeline.segments[0].prompt)
     if out_path is None:
         out_path = default

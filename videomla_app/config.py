@@ -138,6 +138,11 @@ class SamplerConfig:
     # the noise already decided (where objects are) instead of redrawing it at every step -- the
     # right solver for an undistilled flow model, whose x0 guess at high noise is a blurred mean.
     solver: str = "renoise"
+    # Warm start (0 = off): every chunk after the first starts at this timestep from the previous
+    # clean latent frame plus the chunk's noise, and runs only the steps below it. An undertrained
+    # model's x0 guess at high noise is a blurred mean, in which a moving object fades within a
+    # second; starting from the last frame keeps it in the input, with fewer model calls.
+    warm_start: float = 0.0
     num_train_timesteps: int = 1000
 
 

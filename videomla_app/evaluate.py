@@ -30,6 +30,7 @@ import json
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,8 @@ def video_seeds(n_prompts: int, seed: int = 0, repeats: int = 1) -> list[tuple[i
 
 def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float = 120.0, seed: int = 0, *,
                    segment_s: float = SEGMENT_S, device: str = "auto", dtype: str = "auto", pipeline=None,
-                   progress: Callable[[str], None] | None = None, repeats: int = 1) -> dict:
+                   progress: Callable[[str], None] | None = None, repeats: int = 1,
+                   warm_start: float | None = None) -> dict:
     """Generate each prompt for ``seconds`` (``repeats`` times) with model ``name`` and score it
     segment by segment.
 
@@ -143,7 +145,7 @@ def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float =
         raise ValueError("need at least one prompt")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    pipe = pipeline or load_pipeline(name, device=device, dtype=dtype)
+    pipe = pipeline or load_pipeline(name, device=device, dtype=dtype, warm_start=warm_start)
     fps = pipe.preset.video.fps
     n_frames = round(seconds * fps)
     if n_frames < 1:
@@ -167,6 +169,7 @@ def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float =
     achieved = meter.frames / meter.generation_s if meter.generation_s else None
     return {
         "model": name, "preset": pipe.preset.name, "attn": pipe.model.cfg.attn, "repeats": repeats,
+        "sampler": asdict(pipe.preset.sampler),
         "size": [pipe.preset.video.height, pipe.preset.video.width], "fps": fps, "seconds": seconds,
         "frames_per_video": n_frames, "segment_s": segment_s, "wall_s": wall,
         "generation_s": meter.generation_s, "evaluation_s": wall - meter.generation_s,
@@ -200,7 +203,8 @@ def ranks_for(mla: str, dense: str) -> dict:
 
 def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, seconds: float = 120.0,
                     seed: int = 0, *, segment_s: float = SEGMENT_S, device: str = "auto", dtype: str = "auto",
-                    ranks: bool = False, progress: Callable[[str], None] | None = None, repeats: int = 1) -> dict:
+                    ranks: bool = False, progress: Callable[[str], None] | None = None, repeats: int = 1,
+                    warm_start: float | None = None) -> dict:
     """The full report: every model on every prompt (one pipeline loaded at a time), the
     settings, and with ``ranks`` the rank analysis of the MLA model against its dense twin."""
     t0 = time.perf_counter()
@@ -216,7 +220,8 @@ def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, sec
     for name in models:
         if prompts:
             report["results"][name] = evaluate_model(name, prompts, seconds, seed, segment_s=segment_s,
-                                                     device=device, dtype=dtype, progress=progress, repeats=repeats)
+                                                     device=device, dtype=dtype, progress=progress, repeats=repeats,
+                                                     warm_start=warm_start)
     pair = rank_pair(models) or (tuple(models[:2]) if len(models) == 2 else None)
     if pair is not None and all(m in report["results"] for m in pair):
         a, b = (report["results"][m]["prompt_means"] for m in pair)

@@ -4,7 +4,8 @@ Per chunk of latent frames (Self-Forcing's loop, PAPER §7):
 
 1. pick the prompt of the timeline segment the chunk starts in (text K/V cached per prompt);
    on a switch, optionally re-cache the window under the new prompt (LongLive);
-2. start from seeded noise and run the few denoising steps, each reading the rolling cache;
+2. start from seeded noise (or, with a warm start, from the last clean frame noised part way) and
+   run the few denoising steps, each reading the rolling cache;
 3. run the cache-write pass on the denoised chunk at ``context_noise`` so the cache holds clean keys;
 4. decode the chunk through the streaming VAE decoder and yield an event with the frames.
 
@@ -151,10 +152,15 @@ class StreamingPipeline:
             step = state.cache.plan(f0, self.C)
             inputs = self.model.attn_inputs(step, state.cache)
             x = self._noise(state, self.C)
-            for i, t in enumerate(ts):
+            steps, last = ts, self._last_latent(state)
+            if s.cfg.warm_start and last is not None and not switched:
+                # warm start: the last clean frame, noised to the start timestep, for every frame
+                steps = s.warm_timesteps
+                x = s.add_noise(last.to(x), x, steps[0])  # [B, chunk, C, h, w]
+            for i, t in enumerate(steps):
                 v = self._flow(x, t, text, state.cache, step, inputs)
-                if i + 1 < len(ts):
-                    x = s.step(x, v, t, ts[i + 1], lambda: self._noise(state, self.C))
+                if i + 1 < len(steps):
+                    x = s.step(x, v, t, steps[i + 1], lambda: self._noise(state, self.C))
                 else:
                     x0 = s.x0_from_flow(x, v, t)
             t_denoise = self._clock()
@@ -171,6 +177,17 @@ class StreamingPipeline:
                 timings={"denoise_s": t_denoise - t_start, "cache_write_s": t_write - t_denoise,
                          "decode_s": t_decode - t_write, "total_s": t_decode - t_start},
                 memory=read_memory(state.cache, text))
+
+    @staticmethod
+    def _last_latent(state: GenerationState) -> torch.Tensor | None:
+        """The last clean latent frame [B, 1, C, h, w] (CPU, fp32); None before the first chunk, or
+        when a window of 0 keeps no recent frame (the sink frames are then not the last ones)."""
+        win, sink = state.window_latents, state.sink_latents
+        if win is not None and win.shape[1]:
+            return win[:, -1:]
+        if sink is not None and sink.shape[1] == state.frame > 0:
+            return sink[:, -1:]
+        return None
 
     def _flow(self, x: torch.Tensor, t, text: TextKVCache, cache, step, inputs) -> torch.Tensor:
         """The flow of one denoising step, with classifier-free guidance when the sampler asks for it.

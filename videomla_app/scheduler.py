@@ -8,6 +8,7 @@ The model predicts the flow ``eps - x0``. Timesteps follow Self-Forcing's FlowMa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -41,6 +42,11 @@ class FlowSampler:
         else:
             steps = torch.tensor(cfg.steps, dtype=torch.float64)
         self.timesteps: list[float] = [float(t) for t in steps]
+        w = cfg.warm_start
+        if not (math.isfinite(w) and 0.0 <= w <= n):
+            raise ValueError(f"warm start must be a timestep in [0, {n}] (0 = off), got {w}")
+        # A warm-started chunk: the start timestep, then the sampler's own steps below it.
+        self.warm_timesteps: list[float] = [float(w), *(t for t in self.timesteps if t < w)] if w else self.timesteps
 
     def sigma(self, t: float | torch.Tensor) -> torch.Tensor | float:
         return t / self.cfg.num_train_timesteps

@@ -87,6 +87,9 @@ def _request_panel(model: str) -> SimpleNamespace:
                             info="blank: the model's default (4 for the paper's model)")
         c.guidance = gr.Number(None, label="Prompt guidance", minimum=0, maximum=20,
                                info="blank: the model's default; 1 = off (one model call per step, twice as fast)")
+        c.warm_start = gr.Number(None, label="Warm start (timestep)", minimum=0, maximum=1000,
+                                 info="blank: the model's default; later chunks start from the last frame noised "
+                                      "to this level, skipping the steps above it; 0 = off")
         with gr.Row():
             c.window = gr.Number(None, label="Window (latent frames)", precision=0, minimum=0,
                                  info="blank: model default")
@@ -163,8 +166,8 @@ def build_app(model: str, folder) -> gr.Blocks:
         private = {"queue": False, "api_visibility": "private"}
         device = {"concurrency_id": "device", "concurrency_limit": 1, "show_progress_on": [run.status]}
         req.go.click(h.arm, None, buttons + [run.status], **private).then(
-            h.generate, [req.prompt, req.rows, req.seconds, req.seed, req.model, req.steps, req.guidance, req.window,
-                         req.sink, req.device, req.recache, results], outputs, api_name="generate", **device,
+            h.generate, [req.prompt, req.rows, req.seconds, req.seed, req.model, req.steps, req.guidance, req.warm_start,
+                         req.window, req.sink, req.device, req.recache, results], outputs, api_name="generate", **device,
         ).then(h.idle, None, buttons, **private)
         ext.go.click(h.arm, None, buttons + [run.status], **private).then(
             h.extend, [ext.source, ext.upload, ext.seconds, ext.prompt, req.model, req.seed, req.device,

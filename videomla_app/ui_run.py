@@ -127,6 +127,10 @@ def _int_or_none(x) -> int | None:
     return None if x is None or x == "" else int(x)
 
 
+def _float_or_none(x) -> float | None:
+    return None if x is None or x == "" else float(x)
+
+
 class Handlers:
     """The events of one app: all runs write into ``folder``, the only folder the app serves."""
 
@@ -157,7 +161,7 @@ class Handlers:
 
     # -- runs ----------------------------------------------------------------------------------
     @readable
-    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, guidance, window, sink,
+    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, guidance, warm_start, window, sink,
                  device: str, recache: bool, results: list, request: gr.Request):
         """Make a new video from a prompt or timeline; streams a preview and memory per chunk."""
         with self._job(request) as tab:
@@ -172,7 +176,7 @@ class Handlers:
             seed = int(seed or 0)
             pipe = open_pipeline(model, device=device, steps=_int_or_none(steps), window=_int_or_none(window),
                                  sink=_int_or_none(sink), recache=bool(recache),
-                                 guidance=None if guidance in (None, "") else float(guidance))
+                                 guidance=_float_or_none(guidance), warm_start=_float_or_none(warm_start))
             path = fresh_path(self.folder, default_output(timeline.segments[0].prompt).name)
             check_output(path, False, estimate_bytes(pipe, total))
             for warning in prompt_warnings(pipe, timeline):

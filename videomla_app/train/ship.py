@@ -43,7 +43,8 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
                 "text_len": text_encoder.text_len, "ae": "ae.safetensors",
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
-                "sampler": {"guidance": recipe.guidance},
+                "sampler": {"guidance": recipe.guidance,
+                            "warm_start": recipe.warm_start if name == "tiny" else recipe.twin_warm_start},
                 "train": asdict(stage_config(recipe, stage))}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [folder / "model.safetensors", folder / "model.json"]
