@@ -165,7 +165,6 @@ def test_restore_in_a_new_process_is_bit_identical(tmp_path):
         import sys, numpy as np
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
         from helpers import tiny_pipeline
-from videomla_app.config import CacheConfig
         from videomla_app.session import load_session
         pipe = tiny_pipeline()
         state, tl, _ = load_session({str(tmp_path / 's.safetensors')!r}, pipe)
