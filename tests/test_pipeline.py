@@ -42,10 +42,15 @@ def test_same_seed_same_video_other_seed_differs():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def _first_chunk(guidance: float, steps: tuple[int, ...] = (1000, 500), empty: bool = False) -> torch.Tensor:
-    pipe = tiny_pipeline()
-    pipe.preset = replace(pipe.preset, sampler=replace(pipe.preset.sampler, guidance=guidance, steps=steps))
+def _with_sampler(pipe, **changes):
+    """The pipeline with some SamplerConfig fields changed (and its FlowSampler rebuilt)."""
+    pipe.preset = replace(pipe.preset, sampler=replace(pipe.preset.sampler, **changes))
     pipe.sampler = type(pipe.sampler)(pipe.preset.sampler)
+    return pipe
+
+
+def _first_chunk(guidance: float, steps: tuple[int, ...] = (1000, 500), empty: bool = False) -> torch.Tensor:
+    pipe = _with_sampler(tiny_pipeline(), guidance=guidance, steps=steps)
     if empty:  # the prompt's cross-attention K/V replaced by the empty prompt's
         pipe._text["a red ball"] = pipe.text_cache("")
     return next(iter(pipe.stream("a red ball", 1, seed=3))).latents
@@ -92,12 +97,6 @@ def test_chunks_for_seconds():
             pipe.chunks_for_seconds(bad)
 
 
-def _warm(pipe, warm_start: float):
-    pipe.preset = replace(pipe.preset, sampler=replace(pipe.preset.sampler, warm_start=warm_start))
-    pipe.sampler = type(pipe.sampler)(pipe.preset.sampler)
-    return pipe
-
-
 def _count_flow_calls(pipe) -> list[int]:
     """Model calls per chunk, recorded as the pipeline runs."""
     calls: list[int] = []
@@ -116,7 +115,7 @@ def _count_flow_calls(pipe) -> list[int]:
 
 def test_warm_start_begins_later_chunks_from_the_last_frame():
     plain = list(tiny_pipeline().stream(TL, 8, seed=2))
-    pipe = _warm(tiny_pipeline(), 900)  # test-mla's (warped) steps are 1000, 833.3: warm ones 900, 833.3
+    pipe = _with_sampler(tiny_pipeline(), warm_start=900)  # test-mla's (warped) steps are 1000, 833.3: warm ones 900, 833.3
     calls = _count_flow_calls(pipe)
     warm = list(pipe.stream(TL, 8, seed=2))
     assert pipe.sampler.warm_timesteps == pytest.approx([900.0, 833.333], abs=1e-3) and calls == [2] * 8
@@ -128,13 +127,13 @@ def test_warm_start_begins_later_chunks_from_the_last_frame():
 
 
 def test_warm_start_skips_the_steps_above_it_but_not_on_a_switch():
-    pipe = _warm(tiny_pipeline(recache=True), 500)  # below both steps: one step at 500
+    pipe = _with_sampler(tiny_pipeline(recache=True), warm_start=500)  # below both steps: one step at 500
     calls = _count_flow_calls(pipe)
     ev = list(pipe.stream(TL, 6, seed=0))
     # chunk 0 has no previous frame and chunk 4 switches the prompt: both run the full schedule
     assert calls == [2, 1, 1, 1, 2, 1] and [e.switched for e in ev] == [False] * 4 + [True, False]
     # a window of 0 keeps no recent frame (only the sink, frame 0): every chunk after the first starts cold
-    pipe = _warm(tiny_pipeline(cache=CacheConfig(sink_frames=2, window_frames=0, chunk_frames=2)), 500)
+    pipe = _with_sampler(tiny_pipeline(cache=CacheConfig(sink_frames=2, window_frames=0, chunk_frames=2)), warm_start=500)
     calls = _count_flow_calls(pipe)
     list(pipe.stream("a red ball", 4, seed=0))
     assert calls == [2, 1, 2, 2]  # chunk 1 starts from the sink's last frame, the one before it
@@ -142,12 +141,12 @@ def test_warm_start_skips_the_steps_above_it_but_not_on_a_switch():
 
 @pytest.mark.parametrize("recache,warm_start", [(False, 0.0), (True, 0.0), (True, 900.0)])
 def test_save_restore_continues_exactly(tmp_path, recache, warm_start):
-    ref = _frames(_warm(tiny_pipeline(recache=recache), warm_start).stream(TL, 8, seed=3))
-    pipe = _warm(tiny_pipeline(recache=recache), warm_start)
+    ref = _frames(_with_sampler(tiny_pipeline(recache=recache), warm_start=warm_start).stream(TL, 8, seed=3))
+    pipe = _with_sampler(tiny_pipeline(recache=recache), warm_start=warm_start)
     state = pipe.new_state(3)
     first = list(pipe.stream(TL, 3, state=state))
     save_session(tmp_path / "s.safetensors", pipe, state, TL, {"note": "x"})
-    pipe2 = _warm(tiny_pipeline(recache=recache), warm_start)
+    pipe2 = _with_sampler(tiny_pipeline(recache=recache), warm_start=warm_start)
     state2, tl2, extra = load_session(tmp_path / "s.safetensors", pipe2)
     assert tl2 == TL and extra == {"note": "x"} and state2.frame == 6
     rest = list(pipe2.stream(tl2, 5, state=state2))

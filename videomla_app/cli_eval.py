@@ -39,7 +39,7 @@ def eval_models(
     """
     from .eval_metrics import WINDOW_S
     from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
-    from .models import ModelUnavailable, get_entry
+    from .models import ModelUnavailable, check_warm_start, get_entry
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
@@ -60,8 +60,11 @@ def eval_models(
         raise UsageError("--ranks needs an MLA model and its dense twin in --models (e.g. tiny,tiny-mha)")
     if not 1 <= repeats <= 100:
         raise UsageError(f"--repeats must be between 1 and 100, got {repeats}")
-    if warm_start is not None and not 0 <= warm_start <= 1000:
-        raise UsageError(f"--warm-start must be a timestep between 0 (off) and 1000, got {warm_start:g}")
+    if warm_start is not None:
+        try:
+            check_warm_start(warm_start)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if n == 0 and not ranks:
         raise UsageError("--prompts 0 without --ranks leaves nothing to do")
     try:

@@ -120,6 +120,13 @@ def step_list(n: int) -> tuple[int, ...]:
     return tuple(round(1000 - 1000 * i / n) for i in range(n))
 
 
+def check_warm_start(t: float, n: int = 1000) -> float:
+    """A user's ``--warm-start``: a timestep in [0, n] (0 = off), or a ValueError saying so."""
+    if not (math.isfinite(t) and 0.0 <= t <= n):
+        raise ValueError(f"--warm-start must be a timestep between 0 (off) and {n}, got {t:g}")
+    return float(t)
+
+
 def configure(preset: Preset, steps: int | None = None, window: int | None = None,
               sink: int | None = None, guidance: float | None = None, warm_start: float | None = None) -> Preset:
     """Apply user overrides (denoising steps, window and sink frames, guidance, warm start) to a preset."""
@@ -131,10 +138,7 @@ def configure(preset: Preset, steps: int | None = None, window: int | None = Non
             raise ValueError(f"--guidance must be between 0 and 20 (1 = off), got {guidance}")
         sampler = replace(sampler, guidance=float(guidance))
     if warm_start is not None:
-        n = sampler.num_train_timesteps
-        if not (math.isfinite(warm_start) and 0.0 <= warm_start <= n):
-            raise ValueError(f"--warm-start must be a timestep between 0 (off) and {n}, got {warm_start}")
-        sampler = replace(sampler, warm_start=float(warm_start))
+        sampler = replace(sampler, warm_start=check_warm_start(warm_start, sampler.num_train_timesteps))
     if window is not None or sink is not None:
         w = cache.window_frames if window is None else window
         s = cache.sink_frames if sink is None else sink

@@ -152,8 +152,8 @@ class StreamingPipeline:
             step = state.cache.plan(f0, self.C)
             inputs = self.model.attn_inputs(step, state.cache)
             x = self._noise(state, self.C)
-            steps, last = ts, self._last_latent(state)
-            if s.cfg.warm_start and last is not None and not switched:
+            steps = ts
+            if s.cfg.warm_start and not switched and (last := self._last_latent(state)) is not None:
                 # warm start: the last clean frame, noised to the start timestep, for every frame
                 steps = s.warm_timesteps
                 x = s.add_noise(last.to(x), x, steps[0])  # [B, chunk, C, h, w]

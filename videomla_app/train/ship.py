@@ -19,9 +19,10 @@ from safetensors.torch import load_file, save_file
 from ..autoencoder import CausalVideoAE
 from .stages import Recipe, stage_config
 
-# model -> (stages whose weights it ships, the first the run has; preset field). Each ships its
-# guidance-distilled stage 4 when there is one; older runs stopped at stage 3 or 2.
-EXPORTS = {"tiny": (("mla-cfg", "mla"), "mla_preset"), "tiny-mha": (("twin-cfg", "twin", "mha"), "mha_preset")}
+# model -> (stages whose weights it ships, the first the run has; preset field; warm-start field).
+# Each ships its guidance-distilled stage 4 when there is one; older runs stopped at stage 3 or 2.
+EXPORTS = {"tiny": (("mla-cfg", "mla"), "mla_preset", "warm_start"),
+           "tiny-mha": (("twin-cfg", "twin", "mha"), "mha_preset", "twin_warm_start")}
 
 
 def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path]:
@@ -31,7 +32,7 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
     ae = CausalVideoAE.load(run_dir / "ae.safetensors")
     ae.save(assets / "ae.safetensors")
     written.append(assets / "ae.safetensors")
-    for name, (stages, preset_field) in EXPORTS.items():
+    for name, (stages, preset_field, warm_field) in EXPORTS.items():
         stage = next((s for s in stages if (run_dir / f"{s}.safetensors").exists()), stages[-1])
         weights = load_file(str(run_dir / f"{stage}.safetensors"))
         folder = assets / name
@@ -43,8 +44,7 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
                 "text_len": text_encoder.text_len, "ae": "ae.safetensors",
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
-                "sampler": {"guidance": recipe.guidance,
-                            "warm_start": recipe.warm_start if name == "tiny" else recipe.twin_warm_start},
+                "sampler": {"guidance": recipe.guidance, "warm_start": getattr(recipe, warm_field)},
                 "train": asdict(stage_config(recipe, stage))}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [folder / "model.safetensors", folder / "model.json"]
