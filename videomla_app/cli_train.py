@@ -20,6 +20,9 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
+    budget_minutes: Annotated[float | None, typer.Option(
+        help="Finish in about this long: every stage times its first steps and trains as many as fit "
+             "in its share (instead of the recipe's step counts).")] = None,
     steps: Annotated[int | None, typer.Option(help="Override the number of steps of every stage.")] = None,
     eval_json: Annotated[Path | None, typer.Option("--eval", help="card: a `videomla eval --json` file to include.")] = None,
     notes: Annotated[Path | None, typer.Option("--notes", help="card: a markdown file of notes on the run.")] = None,
@@ -34,6 +37,7 @@ def train(
       videomla train all --out runs/tiny --max-minutes 110        # then again with --resume
       videomla train ae --recipe smoke --out /tmp/smoke
       videomla train all --out runs/gpu --device cuda --batch 32      # a GPU: clips rendered by workers
+      videomla train all --out runs/gpu --device cuda --batch 32 --budget-minutes 8   # every stage, 8 min
       videomla train ship --out runs/tiny                          # copy the weights into assets/
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
     """
@@ -47,6 +51,13 @@ def train(
     for flag, value in (("--steps", steps), ("--batch", batch)):
         if value is not None and not 1 <= value <= 1_000_000:
             raise UsageError(f"{flag} must be between 1 and 1000000, got {value}")
+    if budget_minutes is not None:
+        if not 0.1 <= budget_minutes <= 100_000:
+            raise UsageError(f"--budget-minutes must be between 0.1 and 100000, got {budget_minutes:g}")
+        for flag, value in (("--steps", steps), ("--max-minutes", max_minutes)):
+            if value is not None:
+                raise UsageError(f"--budget-minutes sets the steps and the time: drop {flag}")
+        max_minutes = budget_minutes * 1.1  # a hard stop with room for steps slower than timed
     if workers is not None and not 0 <= workers <= 64:
         raise UsageError(f"--workers must be between 0 and 64, got {workers}")
     overrides = {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
@@ -87,26 +98,38 @@ def train(
     def left() -> float | None:  # --max-minutes bounds the whole command, not each stage
         return None if max_minutes is None else max(0.0, max_minutes - (time.monotonic() - t0) / 60)
 
+    def weights(s: str) -> Path:
+        return out_dir / f"{s}.safetensors"
+
+    def share(s: str) -> float | None:
+        """--budget-minutes: this stage's part of the time left, by the recipe's shares among the
+        stages still to train (a stage that ends early leaves its time to the next ones)."""
+        if budget_minutes is None:
+            return None
+        rest = [s, *(x for x in todo[todo.index(s) + 1:] if not weights(x).exists())]
+        minutes = max(0.0, budget_minutes - (time.monotonic() - t0) / 60)
+        return minutes * r.budget_share(s) / sum(r.budget_share(x) for x in rest)
+
     s = todo[0]
     try:
         for s in todo:
             out.print(f"[bold]stage {s}[/bold] ({r.name}) -> {out_dir}")
             if s == "ae":
-                if (out_dir / "ae.safetensors").exists() and stage == "all":
+                if weights("ae").exists() and stage == "all":
                     continue
-                ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers)
-                if not (out_dir / "ae.safetensors").exists():
+                ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers, fit_minutes=share(s))
+                if not weights("ae").exists():
                     out.print("stopped before the end of stage ae: run again with --resume")
                     return
                 continue
-            if (out_dir / f"{s}.safetensors").exists() and stage == "all":
+            if weights(s).exists() and stage == "all":
                 continue
             if ae is None:
                 ae = CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
             if text is None:  # loaded once, by the first stage that trains
                 text = recipe_text_encoder(r, dev)
-            _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers)
-            if not (out_dir / f"{s}.safetensors").exists():
+            _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_minutes=share(s))
+            if not weights(s).exists():
                 out.print(f"stopped at step {trainer.step}: run again with --resume")
                 return
     except KeyboardInterrupt:  # the trainer has checkpointed its last finished step

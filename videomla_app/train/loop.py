@@ -4,6 +4,11 @@ Determinism: the batch and the noise of step ``k`` come from generators seeded w
 ``(seed, k)``, so a run resumed from a checkpoint continues exactly as if it had never stopped
 (tested). Checkpoints hold the model, the optimizer and the loss log; they are written
 atomically and loaded with ``weights_only=True`` (no pickled code). bf16 autocast on request.
+
+Time budgets: ``run(fit_minutes=M)`` times the first few steps and then sets the step count to what
+fits in M minutes (:func:`sized_to`), so a stage ends on time with a complete cosine schedule on any
+machine -- a 2-core CPU or a GPU lent for minutes -- instead of the recipe's CPU-sized count.
+The sized count is saved in the checkpoint, so a resumed run keeps its schedule.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +42,18 @@ class TrainConfig:
     log_every: int = 10
 
 
+# Steps timed before a run is sized to a time budget; the first is left out of the timing (worker
+# start-up, first caption encodes, CUDA autotuning make it slow).
+PROBE_STEPS = 6
+
+
+def sized_to(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left: float) -> TrainConfig:
+    """``cfg`` with as many steps as fit: the ``done`` ones plus what ``seconds_left`` buys at
+    ``seconds_per_step``. Warm-up keeps its length in steps, up to a tenth of a shorter run."""
+    n = done + max(0, int(seconds_left / max(seconds_per_step, 1e-9)))
+    return replace(cfg, steps=n, warmup=max(1, min(cfg.warmup, n // 10)))
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The RNG of one step: a pure function of (seed, step), which is what makes resume exact."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -53,6 +70,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.step, self.log, self.elapsed = 0, [], 0.0
+        self.sized = False  # steps set by a time budget (saved, so a resume keeps the schedule)
 
     @property
     def ckpt_path(self) -> Path:
@@ -67,7 +85,8 @@ class Trainer:
 
     def save(self) -> None:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                 "elapsed": self.elapsed, "log": json.dumps(self.log), "config": json.dumps(asdict(self.cfg))}
+                 "elapsed": self.elapsed, "log": json.dumps(self.log), "config": json.dumps(asdict(self.cfg)),
+                 "sized": self.sized}
         tmp = self.ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
@@ -80,21 +99,28 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.elapsed, self.log = state["step"], state["elapsed"], json.loads(state["log"])
+        if state.get("sized", False):  # a budget-sized run continues its own schedule
+            saved = json.loads(state["config"])
+            self.cfg, self.sized = replace(self.cfg, steps=saved["steps"], warmup=saved["warmup"]), True
         return True
 
-    def run(self, max_minutes: float | None = None, quiet: bool = False) -> list[dict]:
-        """Train until ``cfg.steps`` or the time budget; checkpoints on the way and at the end.
+    def run(self, max_minutes: float | None = None, quiet: bool = False,
+            fit_minutes: float | None = None) -> list[dict]:
+        """Train until ``cfg.steps`` or ``max_minutes``; checkpoints on the way and at the end.
+
+        ``fit_minutes``: first size the run so it ends in about that long from now (after
+        :data:`PROBE_STEPS` timed steps; a run already sized keeps its steps).
 
         Ctrl-C (SIGINT, in the main thread) finishes the current step, checkpoints it and then
         raises ``KeyboardInterrupt``, so an interrupted run loses no finished step and ``--resume``
         continues bit-exactly (an interrupt inside the optimizer update could not promise that).
         """
-        c, t0 = self.cfg, time.monotonic()
+        t0 = time.monotonic()
         interrupted = threading.Event()
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main else None
         try:
-            self._loop(c, t0, max_minutes, quiet, interrupted)
+            self._loop(t0, max_minutes, quiet, interrupted, fit_minutes)
         finally:
             if main:
                 signal.signal(signal.SIGINT, old)
@@ -104,16 +130,19 @@ class Trainer:
             raise KeyboardInterrupt
         return self.log
 
-    def _loop(self, c: TrainConfig, t0: float, max_minutes: float | None, quiet: bool,
-              interrupted: threading.Event) -> None:
+    def _loop(self, t0: float, max_minutes: float | None, quiet: bool, interrupted: threading.Event,
+              fit_minutes: float | None) -> None:
         self.model.train()
         dev_type = next(self.model.parameters()).device.type
+        probe_from, probe_t = self.step + 1, 0.0  # timing starts after the first step of this run
+        probing = fit_minutes is not None and not self.sized
         with Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as bar:
-            task = bar.add_task(self.name, total=c.steps, completed=self.step, loss="-")
-            while self.step < c.steps:
+            task = bar.add_task(self.name, total=self.cfg.steps, completed=self.step, loss="-")
+            while self.step < self.cfg.steps or probing:
                 if interrupted.is_set() or (max_minutes is not None and (time.monotonic() - t0) / 60 >= max_minutes):
                     break
+                c = self.cfg
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr_at(self.step)
                 with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=c.bf16):
@@ -131,6 +160,17 @@ class Trainer:
                     recent = [r["loss"] for r in self.log[-c.log_every:]]
                     print(f"{self.name} step {self.step}/{c.steps} loss {sum(recent) / len(recent):.4f} "
                           f"({self.log[-1]['elapsed_s']:.0f} s)", flush=True)
+                if probing and self.step == probe_from:
+                    probe_t = time.monotonic()
+                elif probing and self.step == probe_from + PROBE_STEPS - 1:
+                    now = time.monotonic()
+                    per_step = (now - probe_t) / (PROBE_STEPS - 1)
+                    left = fit_minutes * 60 - (now - t0)  # type: ignore[operator]
+                    self.cfg, self.sized, probing = sized_to(c, self.step, per_step, left), True, False
+                    bar.update(task, total=self.cfg.steps)
+                    if not quiet:
+                        print(f"{self.name}: {per_step:.3g} s/step, {self.cfg.steps} steps fit in "
+                              f"{fit_minutes:.3g} min", flush=True)
                 if self.step % c.ckpt_every == 0:
                     self._checkpoint(t0)
 

@@ -25,6 +25,15 @@ EXPORTS = {"tiny": (("mla-cfg", "mla"), "mla_preset", "warm_start"),
            "tiny-mha": (("twin-cfg", "twin", "mha"), "mha_preset", "twin_warm_start")}
 
 
+def _trained_config(run_dir: Path, stage: str, recipe: Recipe) -> dict:
+    """The stage's config as it ran (with the step count a --budget-minutes run chose), read from
+    its checkpoint; the recipe's when the run folder has weights but no checkpoint."""
+    ckpt = run_dir / f"{stage}.ckpt.pt"
+    if ckpt.exists():
+        return json.loads(torch.load(ckpt, map_location="cpu", weights_only=True)["config"])
+    return asdict(stage_config(recipe, stage))
+
+
 def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path]:
     """Copy a run's final weights into ``assets``; returns the files written."""
     written = []
@@ -45,7 +54,7 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
                 "sampler": {"guidance": recipe.guidance, "warm_start": getattr(recipe, warm_field)},
-                "train": asdict(stage_config(recipe, stage))}
+                "train": _trained_config(run_dir, stage, recipe)}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [folder / "model.safetensors", folder / "model.json"]
     return written

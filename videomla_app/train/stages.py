@@ -59,6 +59,12 @@ class Recipe:
     twin_warm_start: float = 0.0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
     distill_guidance: float = 2.0  # the guidance scale stage 4 bakes in
+    # How `train --budget-minutes` splits its time: each stage's share of the recipe's reference run
+    # (its wall minutes), so a budget-sized run keeps roughly the recipe's balance between stages.
+    budget_shares: tuple[tuple[str, float], ...] = tuple((s, 1.0) for s in STAGES)
+
+    def budget_share(self, stage: str) -> float:
+        return dict(self.budget_shares)[stage]
 
 
 RECIPES: dict[str, Recipe] = {
@@ -73,7 +79,9 @@ RECIPES: dict[str, Recipe] = {
         mla_train=TrainConfig(steps=500, batch=4, lr=2e-4, warmup=50, ckpt_every=100),
         # Stage 4 at ~3 s/step (two teacher calls per chunk, no grad): ~20 min per model.
         distill_train=TrainConfig(steps=400, batch=4, lr=1e-4, warmup=20, ckpt_every=50),
-        dit_clip_frames=9, object_weight=4.0, caption_dropout=0.1, warm_start=750.0),
+        dit_clip_frames=9, object_weight=4.0, caption_dropout=0.1, warm_start=750.0,
+        # wall minutes of the shipped run on the 2-core CPU (README)
+        budget_shares=(("ae", 70), ("mha", 139), ("mla", 16), ("twin", 18), ("mla-cfg", 18), ("twin-cfg", 18))),
     "smoke": Recipe(
         "smoke", "ae-tiny", "test-mla", "test-mha",
         ae_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
@@ -85,8 +93,10 @@ RECIPES: dict[str, Recipe] = {
 
 
 def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float | None = None,
-             quiet: bool = False, device: torch.device | str = "cpu", workers: int = 0) -> CausalVideoAE:
-    """Stage 0: the autoencoder, then its latent statistics; writes ``out/ae.safetensors``."""
+             quiet: bool = False, device: torch.device | str = "cpu", workers: int = 0,
+             fit_minutes: float | None = None) -> CausalVideoAE:
+    """Stage 0: the autoencoder, then its latent statistics; writes ``out/ae.safetensors``.
+    ``fit_minutes``: size the step count to that much time (``Trainer.run``)."""
     cfg = recipe.ae_train
     ae = build_autoencoder(recipe.ae, seed=cfg.seed).to(device)
     req = ClipRequest(recipe.frame_size, cfg.seed, cfg.batch, recipe.ae_clip_frames)
@@ -97,8 +107,8 @@ def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float
         trainer = Trainer("ae", ae, cfg, out, loss)
         if resume:
             trainer.resume()
-        trainer.run(max_minutes, quiet)
-    if trainer.step >= cfg.steps:
+        trainer.run(max_minutes, quiet, fit_minutes)
+    if trainer.step >= trainer.cfg.steps:
         stats = render_batch(replace(req, batch=recipe.stats_clips), 10**6).frames
         ae.fit_latent_stats(list(stats))
         ae.save(out / "ae.safetensors")
@@ -143,14 +153,17 @@ class LatentData:
 
 
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
-              max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0):
+              max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0,
+              fit_minutes: float | None = None):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
-    (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3)."""
+    (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3). ``fit_minutes``: size the
+    step count to that much time (``Trainer.run``)."""
+    limits = (max_minutes, fit_minutes)
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
     if kind in DISTILLED_FROM:
-        return _distill(kind, recipe, cfg, preset, out, ae, text_encoder, resume, max_minutes, quiet, workers)
+        return _distill(kind, recipe, cfg, preset, out, ae, text_encoder, resume, limits, quiet, workers)
     if kind == "mha":
         model = build_model(preset.model, seed=cfg.seed)
     elif kind == "twin":
@@ -166,11 +179,11 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
         x0, text, weight = data.batch(step)
         return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight)
 
-    return _run(kind, model.to(ae.device), cfg, out, loss, resume, max_minutes, quiet, data)
+    return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data)
 
 
 def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: Path, ae: CausalVideoAE,
-             text_encoder, resume: bool, max_minutes: float | None, quiet: bool, workers: int):
+             text_encoder, resume: bool, limits: tuple[float | None, float | None], quiet: bool, workers: int):
     """Stage 4: student and frozen teacher both start as the stage-2/3 weights; every clip keeps
     its prompt (the empty prompt is the teacher's second call, not a training caption)."""
     base = _weights(out / f"{DISTILLED_FROM[kind]}.safetensors")
@@ -186,20 +199,21 @@ def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: P
         return guidance_distillation_loss(m, teacher, x0, text, empty.expand_as(text), preset,
                                           recipe.distill_guidance, gen, weight=weight)
 
-    return _run(kind, model, cfg, out, loss, resume, max_minutes, quiet, data)
+    return _run(kind, model, cfg, out, loss, resume, limits, quiet, data)
 
 
 def _run(kind: str, model: torch.nn.Module, cfg: TrainConfig, out: Path, loss, resume: bool,
-         max_minutes: float | None, quiet: bool, data: LatentData):
-    """Train (or resume) a DiT stage; its final weights go to ``out/<kind>.safetensors``."""
+         limits: tuple[float | None, float | None], quiet: bool, data: LatentData):
+    """Train (or resume) a DiT stage; its final weights go to ``out/<kind>.safetensors``.
+    ``limits``: (stop after, size the steps to) minutes, either None."""
     trainer = Trainer(kind, model, cfg, out, loss)
     if resume:
         trainer.resume()
     try:
-        trainer.run(max_minutes, quiet)
+        trainer.run(limits[0], quiet, limits[1])
     finally:
         data.close()
-    if trainer.step >= cfg.steps:
+    if trainer.step >= trainer.cfg.steps:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
