@@ -38,6 +38,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 mkdir -p "$OUT" "$RUN"
 exec > >(tee "$OUT/log.txt") 2>&1
+trap 'exec >&- 2>&-; wait' EXIT  # let tee write the log's last lines before the device collects $OUT
 
 echo "== $(date -u +%FT%TZ) recipe $RECIPE, device $DEVICE, batch $BATCH, budget $BUDGET min"
 $PY -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
@@ -64,11 +65,11 @@ if [ "$KEEP_AE" = 1 ]; then
   cp assets/ae.safetensors "$RUN/ae.safetensors"  # stage 0 is skipped: the shipped autoencoder
 fi
 echo "== train all in $BUDGET min"
+trained=0
 $PY -m videomla_app train all --recipe "$RECIPE" --out "$RUN" --device "$DEVICE" --batch "$BATCH" \
-    --workers "$WORKERS" --budget-minutes "$BUDGET"
+    --workers "$WORKERS" --budget-minutes "$BUDGET" || trained=$?
 
-echo "== ship to $OUT/assets"
-VIDEOMLA_ASSETS="$OUT/assets" $PY -m videomla_app train ship --recipe "$RECIPE" --out "$RUN"
+# the loss logs come back even from a run that did not finish (its checkpoints are too big to)
 $PY - "$RUN" "$OUT/train_logs.json" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -76,10 +77,17 @@ from videomla_app.train.card import stage_logs
 logs = stage_logs(Path(sys.argv[1]))  # what `videomla train card` reads when the checkpoints stay behind
 json.dump(logs, open(sys.argv[2], "w"))
 for s, l in logs.items():
-    losses = [r["loss"] for r in l["log"]]
+    losses = [r["loss"] for r in l["log"]] or [float("nan")]
     tail = losses[-50:]
     print(f"{s}: {l['step']} steps in {l['elapsed_s']:.0f} s, loss {losses[0]:.4f} -> {sum(tail) / len(tail):.4f}")
 EOF
+if [ "$trained" != 0 ]; then
+  echo "error: training did not finish (exit $trained): nothing shipped" >&2
+  exit "$trained"
+fi
+
+echo "== ship to $OUT/assets"
+VIDEOMLA_ASSETS="$OUT/assets" $PY -m videomla_app train ship --recipe "$RECIPE" --out "$RUN"
 
 if [ "$EVAL_SECONDS" != 0 ]; then
   echo "== eval (8 prompts x ${EVAL_SECONDS} s, both models)"

@@ -104,14 +104,25 @@ def train(
     def weights(s: str) -> Path:
         return out_dir / f"{s}.safetensors"
 
-    def share(s: str) -> float | None:
-        """--budget-minutes: this stage's part of the time left, by the recipe's shares among the
-        stages still to train (a stage that ends early leaves its time to the next ones)."""
+    def deadline(s: str) -> float | None:
+        """--budget-minutes: when this stage must end (a time.monotonic() value), from now, before its
+        model and data are set up, so set-up counts: its part of the time left, by the recipe's
+        shares among the stages still to train (a stage that ends early leaves its time to the next)."""
         if budget_minutes is None:
             return None
         rest = [s, *(x for x in todo[todo.index(s) + 1:] if not weights(x).exists())]
-        minutes = max(0.0, budget_minutes - (time.monotonic() - t0) / 60)
-        return minutes * r.budget_share(s) / sum(r.budget_share(x) for x in rest)
+        now = time.monotonic()
+        seconds = max(0.0, budget_minutes * 60 - (now - t0))
+        return now + seconds * r.budget_share(s) / sum(r.budget_share(x) for x in rest)
+
+    def unfinished(msg: str) -> None:
+        """A stage stopped before its end: fine under --max-minutes (resume later), a failure when
+        --budget-minutes promised the whole run (exit 3, so a script does not ship a partial run)."""
+        if budget_minutes is None:
+            out.print(f"{msg}: run again with --resume")
+            return
+        err.print(f"{msg}: the {budget_minutes:g}-minute budget ran out; run again with --resume")
+        raise typer.Exit(3)
 
     s = todo[0]
     try:
@@ -120,21 +131,21 @@ def train(
             if s == "ae":
                 if weights("ae").exists() and stage == "all":
                     continue
-                ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers, fit_minutes=share(s))
+                until = deadline(s)
+                ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers, fit_until=until)
                 if not weights("ae").exists():
-                    out.print("stopped before the end of stage ae: run again with --resume")
-                    return
+                    return unfinished("stopped before the end of stage ae")
                 continue
             if weights(s).exists() and stage == "all":
                 continue
+            until = deadline(s)
             if ae is None:
                 ae = CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
             if text is None:  # loaded once, by the first stage that trains
                 text = recipe_text_encoder(r, dev)
-            _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_minutes=share(s))
+            _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_until=until)
             if not weights(s).exists():
-                out.print(f"stopped at step {trainer.step}: run again with --resume")
-                return
+                return unfinished(f"stopped in stage {s} at step {trainer.step}")
     except KeyboardInterrupt:  # the trainer has checkpointed its last finished step
         err.print(f"interrupted in stage {s}: its last finished step is saved; run again with --resume")
         raise typer.Exit(130) from None

@@ -130,7 +130,7 @@ def eval_table(report: dict) -> str:
 
 def _devices(logs: dict[str, dict]) -> str:
     """Where the stages trained; runs from before the checkpoints recorded it were all on the 2-core CPU."""
-    found = sorted({lg.get("device") or "a 2-core CPU" for lg in logs.values()})
+    found = sorted({lg["device"] for lg in logs.values() if lg.get("device")})
     return " and ".join(found) if found else "a 2-core CPU"
 
 

@@ -5,10 +5,11 @@ Determinism: the batch and the noise of step ``k`` come from generators seeded w
 (tested). Checkpoints hold the model, the optimizer and the loss log; they are written
 atomically and loaded with ``weights_only=True`` (no pickled code). bf16 autocast on request.
 
-Time budgets: ``run(fit_minutes=M)`` times the first few steps and then sets the step count to what
-fits in M minutes (:func:`sized_to`), so a stage ends on time with a complete cosine schedule on any
-machine -- a 2-core CPU or a GPU lent for minutes -- instead of the recipe's CPU-sized count.
-The sized count is saved in the checkpoint, so a resumed run keeps its schedule.
+Time budgets: ``run(fit_until=T)`` times the first few steps and then sets the step count to what
+fits before ``time.monotonic()`` reaches T (:func:`sized_to`), so a stage ends on time with a
+complete schedule on any machine -- a 2-core CPU or a GPU lent for minutes -- instead of the
+recipe's CPU-sized count. The sized count is saved in the checkpoint, so a resumed run keeps its
+schedule.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class TrainConfig:
     bf16: bool = True  # autocast on the CPU (AMX) or GPU
     ckpt_every: int = 100
     log_every: int = 10
+    # Set by a time budget (sized_to): the first `warmup_from` steps ran on the recipe's ramp and
+    # reached `warmup_rate` of lr; the ramp goes on from there to lr at step `warmup`.
+    warmup_from: int = 0
+    warmup_rate: float = 0.0
 
 
 # Steps timed before a run is sized to a time budget; the first is left out of the timing (worker
@@ -49,9 +54,18 @@ PROBE_STEPS = 6
 
 def sized_to(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left: float) -> TrainConfig:
     """``cfg`` with as many steps as fit: the ``done`` ones plus what ``seconds_left`` buys at
-    ``seconds_per_step``. Warm-up keeps its length in steps, up to a tenth of a shorter run."""
+    ``seconds_per_step``.
+
+    Warm-up keeps its length in steps, up to a tenth of a shorter run. The probe's steps ran on
+    the recipe's ramp; when that is not over, the new ramp starts from the rate it reached and
+    rises to lr over at least :data:`PROBE_STEPS` more steps, so the rate never jumps.
+    """
     n = done + max(0, int(seconds_left / max(seconds_per_step, 1e-9)))
-    return replace(cfg, steps=n, warmup=max(1, min(cfg.warmup, n // 10)))
+    rate = min(1.0, done / cfg.warmup)  # of lr, reached by the probe's last step
+    if rate >= 1.0:
+        return replace(cfg, steps=n)
+    warmup = max(min(cfg.warmup, n // 10), done + PROBE_STEPS)
+    return replace(cfg, steps=n, warmup=warmup, warmup_from=done, warmup_rate=rate)
 
 
 def device_label(device: torch.device) -> str:
@@ -78,6 +92,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.step, self.log, self.elapsed = 0, [], 0.0
         self.sized = False  # steps set by a time budget (saved, so a resume keeps the schedule)
+        self.probing = False  # timing steps before sizing: the rate ramps but does not decay yet
 
     @property
     def ckpt_path(self) -> Path:
@@ -86,7 +101,11 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         c = self.cfg
         if step < c.warmup:
-            return c.lr * (step + 1) / c.warmup
+            if step < c.warmup_from:  # the probe's steps of a budget-sized run, on the recipe's ramp
+                return c.lr * c.warmup_rate * (step + 1) / c.warmup_from
+            return c.lr * (c.warmup_rate + (1 - c.warmup_rate) * (step + 1 - c.warmup_from) / (c.warmup - c.warmup_from))
+        if self.probing:  # the length is not known yet: the recipe's count may be shorter than the probe
+            return c.lr
         progress = (step - c.warmup) / max(1, c.steps - c.warmup)
         return c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
@@ -108,15 +127,16 @@ class Trainer:
         self.step, self.elapsed, self.log = state["step"], state["elapsed"], json.loads(state["log"])
         if state.get("sized", False):  # a budget-sized run continues its own schedule
             saved = json.loads(state["config"])
-            self.cfg, self.sized = replace(self.cfg, steps=saved["steps"], warmup=saved["warmup"]), True
+            sized = {k: saved[k] for k in ("steps", "warmup", "warmup_from", "warmup_rate") if k in saved}
+            self.cfg, self.sized = replace(self.cfg, **sized), True
         return True
 
     def run(self, max_minutes: float | None = None, quiet: bool = False,
-            fit_minutes: float | None = None) -> list[dict]:
+            fit_until: float | None = None) -> list[dict]:
         """Train until ``cfg.steps`` or ``max_minutes``; checkpoints on the way and at the end.
 
-        ``fit_minutes``: first size the run so it ends in about that long from now (after
-        :data:`PROBE_STEPS` timed steps; a run already sized keeps its steps).
+        ``fit_until``: a ``time.monotonic()`` deadline; after :data:`PROBE_STEPS` timed steps the
+        run is sized to end by then (a run already sized keeps its steps).
 
         Ctrl-C (SIGINT, in the main thread) finishes the current step, checkpoints it and then
         raises ``KeyboardInterrupt``, so an interrupted run loses no finished step and ``--resume``
@@ -127,8 +147,9 @@ class Trainer:
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main else None
         try:
-            self._loop(t0, max_minutes, quiet, interrupted, fit_minutes)
+            self._loop(t0, max_minutes, quiet, interrupted, fit_until)
         finally:
+            self.probing = False
             if main:
                 signal.signal(signal.SIGINT, old)
         self._checkpoint(t0)
@@ -138,15 +159,15 @@ class Trainer:
         return self.log
 
     def _loop(self, t0: float, max_minutes: float | None, quiet: bool, interrupted: threading.Event,
-              fit_minutes: float | None) -> None:
+              fit_until: float | None) -> None:
         self.model.train()
         dev_type = next(self.model.parameters()).device.type
         probe_from, probe_t = self.step + 1, 0.0  # timing starts after the first step of this run
-        probing = fit_minutes is not None and not self.sized
+        self.probing = fit_until is not None and not self.sized
         with Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as bar:
             task = bar.add_task(self.name, total=self.cfg.steps, completed=self.step, loss="-")
-            while self.step < self.cfg.steps or probing:
+            while self.step < self.cfg.steps or self.probing:
                 if interrupted.is_set() or (max_minutes is not None and (time.monotonic() - t0) / 60 >= max_minutes):
                     break
                 c = self.cfg
@@ -167,17 +188,17 @@ class Trainer:
                     recent = [r["loss"] for r in self.log[-c.log_every:]]
                     print(f"{self.name} step {self.step}/{c.steps} loss {sum(recent) / len(recent):.4f} "
                           f"({self.log[-1]['elapsed_s']:.0f} s)", flush=True)
-                if probing and self.step == probe_from:
+                if self.probing and self.step == probe_from:
                     probe_t = time.monotonic()
-                elif probing and self.step == probe_from + PROBE_STEPS - 1:
+                elif self.probing and self.step == probe_from + PROBE_STEPS - 1:
                     now = time.monotonic()
                     per_step = (now - probe_t) / (PROBE_STEPS - 1)
-                    left = fit_minutes * 60 - (now - t0)  # type: ignore[operator]
-                    self.cfg, self.sized, probing = sized_to(c, self.step, per_step, left), True, False
+                    left = fit_until - now  # type: ignore[operator]
+                    self.cfg, self.sized, self.probing = sized_to(c, self.step, per_step, left), True, False
                     bar.update(task, total=self.cfg.steps)
                     if not quiet:
-                        print(f"{self.name}: {per_step:.3g} s/step, {self.cfg.steps} steps fit in "
-                              f"{fit_minutes:.3g} min", flush=True)
+                        print(f"{self.name}: {per_step:.3g} s/step, {self.cfg.steps} steps fit in the "
+                              f"{max(0.0, left) / 60:.3g} min left", flush=True)
                 if self.step % c.ckpt_every == 0:
                     self._checkpoint(t0)
 

@@ -94,9 +94,9 @@ RECIPES: dict[str, Recipe] = {
 
 def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float | None = None,
              quiet: bool = False, device: torch.device | str = "cpu", workers: int = 0,
-             fit_minutes: float | None = None) -> CausalVideoAE:
+             fit_until: float | None = None) -> CausalVideoAE:
     """Stage 0: the autoencoder, then its latent statistics; writes ``out/ae.safetensors``.
-    ``fit_minutes``: size the step count to that much time (``Trainer.run``)."""
+    ``fit_until``: a ``time.monotonic()`` deadline to size the step count to (``Trainer.run``)."""
     cfg = recipe.ae_train
     ae = build_autoencoder(recipe.ae, seed=cfg.seed).to(device)
     req = ClipRequest(recipe.frame_size, cfg.seed, cfg.batch, recipe.ae_clip_frames)
@@ -107,7 +107,7 @@ def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float
         trainer = Trainer("ae", ae, cfg, out, loss)
         if resume:
             trainer.resume()
-        trainer.run(max_minutes, quiet, fit_minutes)
+        trainer.run(max_minutes, quiet, fit_until)
     if trainer.step >= trainer.cfg.steps:
         stats = render_batch(replace(req, batch=recipe.stats_clips), 10**6).frames
         ae.fit_latent_stats(list(stats))
@@ -154,12 +154,12 @@ class LatentData:
 
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0,
-              fit_minutes: float | None = None):
+              fit_until: float | None = None):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
-    (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3). ``fit_minutes``: size the
-    step count to that much time (``Trainer.run``)."""
-    limits = (max_minutes, fit_minutes)
+    (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3). ``fit_until``: a
+    ``time.monotonic()`` deadline to size the step count to (``Trainer.run``)."""
+    limits = (max_minutes, fit_until)
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
     if kind in DISTILLED_FROM:
@@ -205,7 +205,7 @@ def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: P
 def _run(kind: str, model: torch.nn.Module, cfg: TrainConfig, out: Path, loss, resume: bool,
          limits: tuple[float | None, float | None], quiet: bool, data: LatentData):
     """Train (or resume) a DiT stage; its final weights go to ``out/<kind>.safetensors``.
-    ``limits``: (stop after, size the steps to) minutes, either None."""
+    ``limits``: (stop after minutes, size the steps to end by this monotonic time), either None."""
     trainer = Trainer(kind, model, cfg, out, loss)
     if resume:
         trainer.resume()
