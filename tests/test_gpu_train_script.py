@@ -48,3 +48,18 @@ def test_gpu_train_script_returns_loadable_assets_within_the_limits(tmp_path):
     for stage in ("mha", "mla", "twin", "mla-cfg", "twin-cfg"):
         assert f"| {stage} | {logs[stage]['step']} | 2 |" in card
     assert (out / "assets" / "loss_curve.png").is_file() and "## Evaluation" in card
+
+
+def test_gpu_train_script_that_cannot_train_ships_nothing_but_returns_its_log(tmp_path):
+    """Training fails (here: a bad batch size): the script says so, exits with its code, returns
+    the log and the (empty) loss logs, and leaves no assets that could pass for a trained run."""
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "RECIPE": "smoke", "BUDGET": "0.5", "KEEP_AE": "0", "BENCH_STEPS": "0",
+           "BATCH": "0", "OUT": str(out), "RUN": str(tmp_path / "run"), "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "train_logs.json"]
+    log = (out / "log.txt").read_text()
+    assert "--batch must be between 1 and 1000000" in log
+    assert "error: training did not finish (exit 2): nothing shipped" in log and "Traceback" not in log
