@@ -68,6 +68,44 @@ def sized_to(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left:
     return replace(cfg, steps=n, warmup=warmup, warmup_from=done, warmup_rate=rate)
 
 
+def refit(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left: float) -> TrainConfig:
+    """``cfg`` re-sized mid-run from a newer rate: only the step count moves (the warm-up stays)."""
+    return replace(cfg, steps=max(done, done + int(seconds_left / max(seconds_per_step, 1e-9))))
+
+
+class _Fit:
+    """Fits a run to a deadline: times :data:`PROBE_STEPS` steps and sizes the run (:func:`sized_to`),
+    then re-sizes it after every twentieth of what is left (at least 12 steps), from the rate since
+    the last sizing (:func:`refit`). The probe alone can be fooled: render workers start with steps rendered ahead,
+    so the first steps of a render-bound GPU run go faster than the rest will. Late in a run a
+    re-size moves the cosine by a few percent of lr at most."""
+
+    def __init__(self, trainer: "Trainer", until: float) -> None:
+        self.t, self.until = trainer, until
+        self.probe_from = trainer.step + 1  # timing starts after the first step of this run
+        self.mark: tuple[int, float] | None = None  # (step, time) of the last sizing
+
+    def after_step(self, now: float) -> str | None:
+        """Called after each step; returns a line to print when it sized the run."""
+        t = self.t
+        if t.probing:
+            if t.step == self.probe_from:
+                self.mark = (t.step, now)
+            elif t.step == self.probe_from + PROBE_STEPS - 1:
+                per_step = (now - self.mark[1]) / (PROBE_STEPS - 1)  # type: ignore[index]
+                t.cfg, t.sized, t.probing = sized_to(t.cfg, t.step, per_step, self.until - now), True, False
+                self.mark = (t.step, now)
+                return (f"{t.name}: {per_step:.3g} s/step, {t.cfg.steps} steps fit in the "
+                        f"{max(0.0, self.until - now) / 60:.3g} min left")
+            return None
+        if self.mark is None:  # a resumed run that was sized before: measure from here
+            self.mark = (t.step, now)
+        elif t.step - self.mark[0] >= max(2 * PROBE_STEPS, (t.cfg.steps - self.mark[0]) // 20):
+            per_step = (now - self.mark[1]) / (t.step - self.mark[0])
+            t.cfg, self.mark = refit(t.cfg, t.step, per_step, self.until - now), (t.step, now)
+        return None
+
+
 def device_label(device: torch.device) -> str:
     """Where a stage trained, for the model card: 'CPU (2 cores)' or 'GPU (NVIDIA H200)'."""
     if device.type == "cuda":
@@ -135,8 +173,9 @@ class Trainer:
             fit_until: float | None = None) -> list[dict]:
         """Train until ``cfg.steps`` or ``max_minutes``; checkpoints on the way and at the end.
 
-        ``fit_until``: a ``time.monotonic()`` deadline; after :data:`PROBE_STEPS` timed steps the
-        run is sized to end by then (a run already sized keeps its steps).
+        ``fit_until``: a ``time.monotonic()`` deadline the run is sized to end by, after
+        :data:`PROBE_STEPS` timed steps, and re-sized to as it goes (:class:`_Fit`). Without it, a
+        run sized before keeps its schedule.
 
         Ctrl-C (SIGINT, in the main thread) finishes the current step, checkpoints it and then
         raises ``KeyboardInterrupt``, so an interrupted run loses no finished step and ``--resume``
@@ -162,8 +201,8 @@ class Trainer:
               fit_until: float | None) -> None:
         self.model.train()
         dev_type = next(self.model.parameters()).device.type
-        probe_from, probe_t = self.step + 1, 0.0  # timing starts after the first step of this run
         self.probing = fit_until is not None and not self.sized
+        fit = _Fit(self, fit_until) if fit_until is not None else None
         with Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as bar:
             task = bar.add_task(self.name, total=self.cfg.steps, completed=self.step, loss="-")
@@ -188,17 +227,11 @@ class Trainer:
                     recent = [r["loss"] for r in self.log[-c.log_every:]]
                     print(f"{self.name} step {self.step}/{c.steps} loss {sum(recent) / len(recent):.4f} "
                           f"({self.log[-1]['elapsed_s']:.0f} s)", flush=True)
-                if self.probing and self.step == probe_from:
-                    probe_t = time.monotonic()
-                elif self.probing and self.step == probe_from + PROBE_STEPS - 1:
-                    now = time.monotonic()
-                    per_step = (now - probe_t) / (PROBE_STEPS - 1)
-                    left = fit_until - now  # type: ignore[operator]
-                    self.cfg, self.sized, self.probing = sized_to(c, self.step, per_step, left), True, False
+                if fit is not None:
+                    line = fit.after_step(time.monotonic())
                     bar.update(task, total=self.cfg.steps)
-                    if not quiet:
-                        print(f"{self.name}: {per_step:.3g} s/step, {self.cfg.steps} steps fit in the "
-                              f"{max(0.0, left) / 60:.3g} min left", flush=True)
+                    if line and not quiet:
+                        print(line, flush=True)
                 if self.step % c.ckpt_every == 0:
                     self._checkpoint(t0)
 
