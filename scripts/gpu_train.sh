@@ -70,17 +70,8 @@ $PY -m videomla_app train all --recipe "$RECIPE" --out "$RUN" --device "$DEVICE"
     --workers "$WORKERS" --budget-minutes "$BUDGET" || trained=$?
 
 # the loss logs come back even from a run that did not finish (its checkpoints are too big to)
-$PY - "$RUN" "$OUT/train_logs.json" <<'EOF'
-import json, sys
-from pathlib import Path
-from videomla_app.train.card import stage_logs
-logs = stage_logs(Path(sys.argv[1]))  # what `videomla train card` reads when the checkpoints stay behind
-json.dump(logs, open(sys.argv[2], "w"))
-for s, l in logs.items():
-    losses = [r["loss"] for r in l["log"]] or [float("nan")]
-    tail = losses[-50:]
-    print(f"{s}: {l['step']} steps in {l['elapsed_s']:.0f} s, loss {losses[0]:.4f} -> {sum(tail) / len(tail):.4f}")
-EOF
+$PY -c "import sys; from pathlib import Path; from videomla_app.train.card import save_logs
+print(*save_logs(Path(sys.argv[1]), Path(sys.argv[2])), sep='\n')" "$RUN" "$OUT/train_logs.json"
 if [ "$trained" != 0 ]; then
   echo "error: training did not finish (exit $trained): nothing shipped" >&2
   exit "$trained"

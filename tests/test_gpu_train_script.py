@@ -29,6 +29,7 @@ def test_gpu_train_script_returns_loadable_assets_within_the_limits(tmp_path):
     for stage in ("ae", "mha", "mla", "twin", "mla-cfg", "twin-cfg"):
         assert re.search(rf"^{stage}: \S+ s/step, \d+ steps fit in the ", log, re.M), stage
     assert "clips/s" in log and "== done" in log  # the throughput table and the end
+    assert re.search(r"^twin-cfg: \d+ steps in \d+ s, loss \S+ -> \S+$", log, re.M)  # the loss summary
     logs = json.loads((out / "train_logs.json").read_text())
     report = json.loads((out / "eval.json").read_text())
     assert set(report["results"]) == {"tiny", "tiny-mha"}

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from .loop import read_checkpoint_log
 from .stages import STAGES, Recipe
 
 _COLOURS = {"ae": (90, 90, 90), "mha": (31, 119, 180), "mla": (214, 39, 40), "twin": (44, 160, 44),
@@ -25,16 +26,26 @@ def stage_logs(run_dir: Path) -> dict[str, dict]:
     """Per stage: steps, wall time, the loss log, the config and where it trained, read from
     ``<stage>.ckpt.pt`` (weights only), or from ``train_logs.json`` in a folder without checkpoints
     (what ``scripts/gpu_train.sh`` brings back from a lent GPU)."""
-    logs = {}
-    for s in STAGES:
-        path = run_dir / f"{s}.ckpt.pt"
-        if path.exists():
-            st = torch.load(path, map_location="cpu", weights_only=True)
-            logs[s] = {"step": int(st["step"]), "elapsed_s": float(st["elapsed"]), "log": json.loads(st["log"]),
-                       "config": json.loads(st["config"]), "device": st.get("device")}
+    logs = {s: read_checkpoint_log(run_dir / f"{s}.ckpt.pt") for s in STAGES if (run_dir / f"{s}.ckpt.pt").exists()}
     if not logs and (run_dir / LOGS_FILE).is_file():
         logs = {s: v for s, v in json.loads((run_dir / LOGS_FILE).read_text()).items() if s in STAGES}
     return logs
+
+
+def loss_summary(stage_log: dict) -> tuple[float, float]:
+    """(first loss, mean of the last 50); NaN for a stage that logged no step."""
+    losses = [r["loss"] for r in stage_log["log"]] or [float("nan")]
+    last = losses[-50:]
+    return losses[0], sum(last) / len(last)
+
+
+def save_logs(run_dir: Path, path: Path) -> list[str]:
+    """Write ``stage_logs(run_dir)`` to ``path`` (what a card needs when the checkpoints stay behind,
+    e.g. on a lent GPU); returns one summary line per stage."""
+    logs = stage_logs(run_dir)
+    path.write_text(json.dumps(logs))
+    return [f"{s}: {lg['step']} steps in {lg['elapsed_s']:.0f} s, loss {a:.4f} -> {b:.4f}"
+            for s, lg in logs.items() for a, b in [loss_summary(lg)]]
 
 
 def _smooth(values: list[float], k: int) -> list[float]:
@@ -146,9 +157,9 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
     for s in STAGES:
         if s in logs:
             lg, cfg = logs[s], logs[s]["config"]
-            last = [r["loss"] for r in lg["log"][-50:]]
+            first, last = loss_summary(lg)
             rows.append(f"| {s} | {lg['step']:,} | {cfg['batch']} | {cfg['lr']:g} | {lg['elapsed_s'] / 60:.0f} min | "
-                        f"{lg['log'][0]['loss']:.3f} → {sum(last) / max(1, len(last)):.3f} |")
+                        f"{first:.3f} → {last:.3f} |")
     text = [
         "# Model card: `tiny` (MLA) and `tiny-mha` (dense twin)", "",
         "Embedded text-to-video models of VideoMLA, trained from scratch on this project's procedural world",

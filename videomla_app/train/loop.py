@@ -60,7 +60,7 @@ def sized_to(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left:
     the recipe's ramp; when that is not over, the new ramp starts from the rate it reached and
     rises to lr over at least :data:`PROBE_STEPS` more steps, so the rate never jumps.
     """
-    n = done + max(0, int(seconds_left / max(seconds_per_step, 1e-9)))
+    n = refit(cfg, done, seconds_per_step, seconds_left).steps
     rate = min(1.0, done / cfg.warmup)  # of lr, reached by the probe's last step
     if rate >= 1.0:
         return replace(cfg, steps=n)
@@ -69,7 +69,8 @@ def sized_to(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left:
 
 
 def refit(cfg: TrainConfig, done: int, seconds_per_step: float, seconds_left: float) -> TrainConfig:
-    """``cfg`` re-sized mid-run from a newer rate: only the step count moves (the warm-up stays)."""
+    """``cfg`` with the ``done`` steps plus what ``seconds_left`` buys at ``seconds_per_step``; only
+    the step count moves (the warm-up stays), which is how a run is re-sized mid-way."""
     return replace(cfg, steps=max(done, done + int(seconds_left / max(seconds_per_step, 1e-9))))
 
 
@@ -104,6 +105,14 @@ class _Fit:
             per_step = (now - self.mark[1]) / (t.step - self.mark[0])
             t.cfg, self.mark = refit(t.cfg, t.step, per_step, self.until - now), (t.step, now)
         return None
+
+
+def read_checkpoint_log(path: Path) -> dict:
+    """A checkpoint's record without its weights: step, wall time, loss log, config (as it ran,
+    budget-sized or not) and the device it trained on (None for checkpoints older than that)."""
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    return {"step": int(st["step"]), "elapsed_s": float(st["elapsed"]), "log": json.loads(st["log"]),
+            "config": json.loads(st["config"]), "device": st.get("device")}
 
 
 def device_label(device: torch.device) -> str:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..autoencoder import CausalVideoAE
+from .loop import read_checkpoint_log
 from .stages import Recipe, stage_config
 
 # model -> (stages whose weights it ships, the first the run has; preset field; warm-start field).
@@ -30,7 +31,7 @@ def _trained_config(run_dir: Path, stage: str, recipe: Recipe) -> dict:
     its checkpoint; the recipe's when the run folder has weights but no checkpoint."""
     ckpt = run_dir / f"{stage}.ckpt.pt"
     if ckpt.exists():
-        return json.loads(torch.load(ckpt, map_location="cpu", weights_only=True)["config"])
+        return read_checkpoint_log(ckpt)["config"]
     return asdict(stage_config(recipe, stage))
 
 
