@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from videomla_app.train.loop import usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,7 +46,7 @@ def test_gpu_train_script_returns_loadable_assets_within_the_limits(tmp_path):
                        env=card_env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     card = (out / "assets" / "MODEL_CARD.md").read_text()
-    assert f"on CPU ({os.cpu_count()} cores)." in card and "BUDGET=4 bash scripts/gpu_train.sh" in card
+    assert f"on CPU ({usable_cores()} cores)." in card and "BUDGET=4 bash scripts/gpu_train.sh" in card
     assert "videomla train ship" not in card  # the script ships; the recipe's CPU commands are not claimed
     for stage in ("mha", "mla", "twin", "mla-cfg", "twin-cfg"):
         assert f"| {stage} | {logs[stage]['step']} | 2 |" in card

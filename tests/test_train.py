@@ -156,6 +156,11 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
         assert f"| {stage} | 4 | 2 |" in card
     assert "![loss curves](loss_curve.png)" in card
     assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (960, 540)
+    assert "Stage 0 did not run here" not in card
+    # a run that reused an autoencoder (the GPU script's KEEP_AE=1) says so instead of a silent gap
+    (tmp_path / "ae.ckpt.pt").unlink()
+    card = write_card(tmp_path, tmp_path / "assets", r).read_text()
+    assert "| ae |" not in card and "Stage 0 did not run here: this run reused an existing autoencoder" in card
 
 
 def test_caption_dropout_trains_some_clips_on_the_empty_prompt():

@@ -11,7 +11,7 @@ import torch
 from videomla_app.config import get_preset
 from videomla_app.model import build_model
 from videomla_app.train import loop
-from videomla_app.train.loop import PROBE_STEPS, Trainer, TrainConfig, sized_to
+from videomla_app.train.loop import PROBE_STEPS, Trainer, TrainConfig, sized_to, usable_cores
 
 P = get_preset("test-mla")
 
@@ -153,7 +153,7 @@ def test_train_all_with_a_budget_sizes_every_stage_and_ships_their_counts(tmp_pa
         cfg = json.loads(state["config"])
         assert state["sized"] and state["step"] == cfg["steps"] >= PROBE_STEPS, s
         assert re.search(rf"^{s}: \S+ s/step, \d+ steps fit in the ", res.output, re.M), s
-        assert state["device"] == f"CPU ({os.cpu_count()} cores)"
+        assert state["device"] == f"CPU ({usable_cores()} cores)"
     os.environ["VIDEOMLA_ASSETS"] = str(tmp_path / "assets")
     try:
         res = runner.invoke(app, ["train", "ship", "--recipe", "smoke", "--out", str(tmp_path)])

@@ -139,6 +139,12 @@ def eval_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# A run that skips stage 0 (scripts/gpu_train.sh keeps the shipped autoencoder, KEEP_AE=1) has no
+# autoencoder log; without this line its card would read as if the autoencoder came from nowhere.
+_REUSED_AE = ("Stage 0 did not run here: this run reused an existing autoencoder (an `ae.safetensors` placed in "
+              "the run folder before training, such as the shipped one), whose training is not in this table.")
+
+
 def _devices(logs: dict[str, dict]) -> str:
     """Where the stages trained; runs from before the checkpoints recorded it were all on the 2-core CPU."""
     found = sorted({lg["device"] for lg in logs.values() if lg.get("device")})
@@ -176,6 +182,7 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
         "guided flow its stage-2/3 self gives in two (empty-prompt call included). bf16 autocast, seeded, resumable.", "",
         "| stage | steps | batch | lr | training time | loss (first → mean of last 50) |",
         "|---|---|---|---|---|---|", *rows, "",
+        *([_REUSED_AE, ""] if logs and "ae" not in logs else []),
         f"![loss curves]({curve.name})", ""]
     if notes:
         text += ["## Notes on this run", "", notes.strip(), ""]

@@ -119,7 +119,16 @@ def device_label(device: torch.device) -> str:
     """Where a stage trained, for the model card: 'CPU (2 cores)' or 'GPU (NVIDIA H200)'."""
     if device.type == "cuda":
         return f"GPU ({torch.cuda.get_device_name(device)})"
-    return f"{device.type.upper()} ({os.cpu_count()} cores)"
+    return f"{device.type.upper()} ({usable_cores()} cores)"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: inside a container ``os.cpu_count()`` is the host's count
+    (a 2-core container on a 64-core host would say 64), the affinity mask is what it was given."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
