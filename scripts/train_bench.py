@@ -12,6 +12,7 @@ says by how much the render workers close that gap and how many steps a time bud
 
     python scripts/train_bench.py --device cuda --batch 32 --workers 0,4,8 --json train_bench.json
     python scripts/train_bench.py --device cpu --recipe smoke --steps 4 --warmup 1 --workers 0,1
+    python scripts/train_bench.py --device cuda --batch 32 --workers 0,8,14 --best-to workers.txt
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
     p.add_argument("--workers", default="0,8", help="comma-separated render-worker counts; the first is the baseline")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--best-to", type=Path, default=None,
+                   help="write the fastest worker count here (scripts/gpu_train.sh trains with it)")
     a = p.parse_args(argv)
 
     import torch
@@ -88,7 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['workers']:>8} {r['s_per_step']:>8.3f} {r['clips_per_s']:>8.1f} {r['ratio_vs_first']:>8.2f}x")
     if a.json:
         a.json.write_text(json.dumps({"device": device, "card": card, "recipe": a.recipe, "rows": rows}, indent=2))
+    if a.best_to:
+        best = fastest(rows)
+        print(f"fastest: {best} render workers")
+        a.best_to.write_text(f"{best}\n")
     return 0
+
+
+def fastest(rows: list[dict]) -> int:
+    """The worker count with the shortest step; on a tie (within 2 %) the fewer workers, which
+    leave cores to the step itself and start faster."""
+    best = min(r["s_per_step"] for r in rows)
+    return min(r["workers"] for r in rows if r["s_per_step"] <= 1.02 * best)
 
 
 if __name__ == "__main__":

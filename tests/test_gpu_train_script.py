@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_train_script_returns_loadable_assets_within_the_limits(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "DEVICE": "cpu", "RECIPE": "smoke", "BUDGET": "0.5", "KEEP_AE": "0", "BENCH_STEPS": "2",
-           "EVAL_SECONDS": "1", "WORKERS": "1", "BATCH": "2", "OUT": str(out), "RUN": str(tmp_path / "run"),
+           "EVAL_SECONDS": "1", "WORKERS": "auto", "BATCH": "2", "OUT": str(out), "RUN": str(tmp_path / "run"),
            "PYTHON": sys.executable}
     r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
                        timeout=600)
@@ -31,6 +31,10 @@ def test_gpu_train_script_returns_loadable_assets_within_the_limits(tmp_path):
     for stage in ("ae", "mha", "mla", "twin", "mla-cfg", "twin-cfg"):
         assert re.search(rf"^{stage}: \S+ s/step, \d+ steps fit in the ", log, re.M), stage
     assert "clips/s" in log and "== done" in log  # the throughput table and the end
+    # WORKERS=auto: 0 and all but two cores measured (here 2 cores: 0 and 1), training uses the faster
+    fastest = re.search(r"^fastest: (\d+) render workers$", log, re.M)
+    assert fastest and fastest[1] in ("0", "1") and re.search(r"^ +1 +\S+ +\S+ +\S+x$", log, re.M)
+    assert f"== train all in 0.5 min ({fastest[1]} render workers)" in log
     assert re.search(r"^twin-cfg: \d+ steps in \d+ s, loss \S+ -> \S+$", log, re.M)  # the loss summary
     logs = json.loads((out / "train_logs.json").read_text())
     report = json.loads((out / "eval.json").read_text())

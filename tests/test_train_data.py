@@ -111,13 +111,18 @@ def test_train_bench_script_measures_each_worker_count(tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--recipe", "smoke", "--steps", "2", "--warmup", "1",
-                       "--workers", "0,1", "--json", str(out)]) == 0
+                       "--workers", "0,1", "--json", str(out), "--best-to", str(tmp_path / "best")]) == 0
     rows = json.loads(out.read_text())["rows"]
+    assert int((tmp_path / "best").read_text()) == bench.fastest(rows)
     assert [r["workers"] for r in rows] == [0, 1] and rows[0]["ratio_vs_first"] == 1.0
     assert all(r["steps_timed"] == 2 and r["s_per_step"] > 0 and math.isfinite(r["last_loss"]) for r in rows)
     assert "s/step" in capsys.readouterr().out
     assert bench.main(["--device", "cpu", "--workers", "0,x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+    # the fastest count, and the fewer workers when two are within 2 % of each other
+    rows = [{"workers": 0, "s_per_step": 1.0}, {"workers": 8, "s_per_step": 0.5}, {"workers": 14, "s_per_step": 0.495}]
+    assert bench.fastest(rows) == 8 and bench.fastest(rows[:1]) == 0
+    assert bench.fastest([*rows[:2], {"workers": 14, "s_per_step": 0.4}]) == 14
 
 
 def test_ctrl_c_with_workers_saves_the_last_step_and_exits_130_without_tracebacks(tmp_path):
