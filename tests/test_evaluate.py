@@ -188,6 +188,12 @@ def test_cli_rejects_bad_options():
     app = _cli()
     for args in (["--models", "test-mla", "--ranks"], ["--models", "nope"], ["--prompts", "9"],
                  ["--seconds", "0"], ["--prompts", "0"], ["--repeats", "0"], ["--repeats", "101"],
-                 ["--warm-start", "-5"], ["--warm-start", "1001"]):
+                 ["--warm-start", "-5"], ["--warm-start", "1001"], ["--json", "/nonexistent/dir/eval.json"]):
         r = CliRunner().invoke(app, ["eval", *args])
         assert r.exit_code == 2, (args, r.output)
+    # refused before any video is generated, in one line
+    r = CliRunner().invoke(app, ["eval", "--models", "test-mla", "--json", "/nonexistent/dir/eval.json"])
+    assert r.output.strip() == ("error: --json /nonexistent/dir/eval.json: cannot write into /nonexistent/dir "
+                                "(no such folder, or not writable)")
+    r = CliRunner().invoke(app, ["eval", "--seconds", "0"])
+    assert "--seconds must be more than 0 and at most 3600, got 0" in r.output

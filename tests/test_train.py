@@ -163,6 +163,33 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     assert "| ae |" not in card and "Stage 0 did not run here: this run reused an existing autoencoder" in card
 
 
+def test_ship_and_card_refuse_a_folder_without_a_finished_run(tmp_path, monkeypatch):
+    """A run with only its autoencoder (stopped early, or the wrong --out) ships nothing: the shipped
+    set stays whole (both DiTs were trained on its autoencoder's latents), and no empty card is
+    written over the shipped one. One-line errors, exit 2."""
+    from typer.testing import CliRunner
+
+    from videomla_app.autoencoder import build_autoencoder
+    from videomla_app.cli import app
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for name in ("ae.safetensors", "MODEL_CARD.md"):
+        (assets / name).write_text("shipped")
+    run = tmp_path / "run"
+    run.mkdir()
+    build_autoencoder("ae-tiny", seed=0).save(run / "ae.safetensors")
+    monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
+    r = CliRunner().invoke(app, ["train", "ship", "--recipe", "smoke", "--out", str(run)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: {run} holds no finished training run to ship: missing mla-cfg.safetensors or")
+    assert sorted(p.name for p in assets.iterdir()) == ["MODEL_CARD.md", "ae.safetensors"]  # no staging left
+    assert (assets / "ae.safetensors").read_text() == "shipped"
+    r = CliRunner().invoke(app, ["train", "card", "--recipe", "smoke", "--out", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no training run there" in r.output and r.output.count("\n") == 1, r.output
+    assert (assets / "MODEL_CARD.md").read_text() == "shipped"
+
+
 def test_caption_dropout_trains_some_clips_on_the_empty_prompt():
     from dataclasses import replace
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -53,7 +54,7 @@ def eval_models(
     if not 0 <= n <= len(PROMPTS):
         raise UsageError(f"--prompts must be between 0 and {len(PROMPTS)}, got {n}")
     if not seconds > 0 or seconds > 3600:
-        raise UsageError(f"--seconds must be between 0 and 3600, got {seconds:g}")
+        raise UsageError(f"--seconds must be more than 0 and at most 3600, got {seconds:g}")
     if not WINDOW_S <= segment <= 3600:
         raise UsageError(f"--segment must be at least {WINDOW_S:g} s (one reader window), got {segment:g}")
     if ranks and rank_pair(names) is None:
@@ -65,6 +66,9 @@ def eval_models(
             check_warm_start(warm_start)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if json_path is not None and not (json_path.parent.is_dir() and os.access(json_path.parent, os.W_OK)):
+        # checked before the eval, which can take an hour, and not after it
+        raise UsageError(f"--json {json_path}: cannot write into {json_path.parent} (no such folder, or not writable)")
     if n == 0 and not ranks:
         raise UsageError("--prompts 0 without --ranks leaves nothing to do")
     try:

@@ -71,6 +71,12 @@ def train(
         from .models import assets_dir
         from .train.card import write_card
 
+        from .train.card import LOGS_FILE
+
+        if not (any(out_dir.glob("*.ckpt.pt")) or (out_dir / LOGS_FILE).is_file()):
+            # without this, a mistyped --out wrote an empty card over the shipped one
+            raise UsageError(f"--out {out_dir}: no training run there (no stage checkpoints or {LOGS_FILE}), "
+                             "so no card to write")
         if eval_json is not None and not eval_json.is_file():
             raise UsageError(f"--eval {eval_json}: no such file")
         if notes is not None and not notes.is_file():
@@ -83,7 +89,11 @@ def train(
         from .models import assets_dir
         from .train.ship import ship
 
-        for f in ship(out_dir, assets_dir(), r, recipe_text_encoder(r)):
+        try:
+            written = ship(out_dir, assets_dir(), r, recipe_text_encoder(r))
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        for f in written:
             out.print(f"wrote {f}")
         return
     from .models import ModelUnavailable, resolve_device

@@ -10,6 +10,8 @@ Layout (all safetensors, DiT weights in bf16 to keep the package small)::
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,17 +37,41 @@ def _trained_config(run_dir: Path, stage: str, recipe: Recipe) -> dict:
     return asdict(stage_config(recipe, stage))
 
 
+def missing_weights(run_dir: Path) -> list[str]:
+    """What ``ship`` needs and ``run_dir`` lacks: the autoencoder and, per model, one of its stages."""
+    need = [("ae.safetensors",)] + [tuple(f"{s}.safetensors" for s in stages) for stages, _, _ in EXPORTS.values()]
+    return [" or ".join(names) for names in need if not any((run_dir / n).is_file() for n in names)]
+
+
 def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path]:
-    """Copy a run's final weights into ``assets``; returns the files written."""
-    written = []
+    """Copy a run's final weights into ``assets``; returns the files written.
+
+    Why staged: the shipped files belong together (both DiTs were trained on that autoencoder's
+    latents), so a run that lacks a stage, or a disk that fills up, must leave the old set whole.
+    Everything is written to a folder inside ``assets`` first and moved into place only when all of
+    it is there."""
+    missing = missing_weights(run_dir)
+    if missing:
+        raise FileNotFoundError(f"{run_dir} holds no finished training run to ship: missing {'; '.join(missing)}")
     assets.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ship-", dir=assets) as tmp:
+        staged = _write_all(run_dir, Path(tmp), recipe, text_encoder)
+        for rel in staged:
+            (assets / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(tmp) / rel, assets / rel)
+    return [assets / rel for rel in staged]
+
+
+def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder) -> list[Path]:
+    """Write every shipped file under ``out``; returns their paths relative to it."""
+    written = []
     ae = CausalVideoAE.load(run_dir / "ae.safetensors")
-    ae.save(assets / "ae.safetensors")
-    written.append(assets / "ae.safetensors")
+    ae.save(out / "ae.safetensors")
+    written.append(Path("ae.safetensors"))
     for name, (stages, preset_field, warm_field) in EXPORTS.items():
-        stage = next((s for s in stages if (run_dir / f"{s}.safetensors").exists()), stages[-1])
+        stage = next(s for s in stages if (run_dir / f"{s}.safetensors").is_file())
         weights = load_file(str(run_dir / f"{stage}.safetensors"))
-        folder = assets / name
+        folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"),
                   metadata={"format": "videomla-dit/1"})
@@ -57,5 +83,5 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
                 "sampler": {"guidance": recipe.guidance, "warm_start": getattr(recipe, warm_field)},
                 "train": _trained_config(run_dir, stage, recipe)}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
-        written += [folder / "model.safetensors", folder / "model.json"]
+        written += [Path(name) / "model.safetensors", Path(name) / "model.json"]
     return written
