@@ -190,6 +190,52 @@ def test_ship_and_card_refuse_a_folder_without_a_finished_run(tmp_path, monkeypa
     assert (assets / "MODEL_CARD.md").read_text() == "shipped"
 
 
+def test_train_refuses_what_would_lose_or_misuse_work(tmp_path):
+    """Bad training commands get one line and an exit code, and never overwrite a checkpoint: a
+    forgotten --resume, a stage run before the one it starts from, a checkpoint that is corrupt,
+    truncated or another model's, a file as --out, a negative --max-minutes, a non-report --eval."""
+    from typer.testing import CliRunner
+
+    from videomla_app.cli import app
+
+    def run(*args):
+        r = CliRunner().invoke(app, ["train", *args])
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in r.output, r.output  # one line, after the stage header
+        return r.exit_code, errors[0]
+
+    out = tmp_path / "run"
+    code, msg = run("mla", "--recipe", "smoke", "--out", str(out))
+    assert code == 2 and msg == (f"error: stage mla needs {out}/ae.safetensors, which stage ae writes: run "
+                                 f"'videomla train ae --recipe smoke --out {out}' first (or 'train all')")
+    assert CliRunner().invoke(app, ["train", "ae", "--recipe", "smoke", "--out", str(out)]).exit_code == 0
+    ckpt = out / "ae.ckpt.pt"
+    before = ckpt.read_bytes()
+    for args in (("ae",), ("all",)):  # all: ae is finished, but the unfinished mha below is not
+        (out / "mha.ckpt.pt").write_bytes(before)
+        code, msg = run(*args, "--recipe", "smoke", "--out", str(out))
+        stage = args[0] if args[0] != "all" else "mha"
+        assert code == 2 and msg == (f"error: {out}/{stage}.ckpt.pt exists: add --resume to continue stage {stage}, "
+                                     "or delete it to train that stage from the start"), msg
+    assert ckpt.read_bytes() == before
+    # the autoencoder's checkpoint where the DiT's should be, then a truncated and a junk one
+    code, msg = run("mha", "--recipe", "smoke", "--out", str(out), "--resume")
+    assert code == 1 and msg.startswith(f"error: {out}/mha.ckpt.pt belongs to a different model"), msg
+    for junk in (before[:1000], b"junk"):
+        (out / "mha.ckpt.pt").write_bytes(junk)
+        code, msg = run("mha", "--recipe", "smoke", "--out", str(out), "--resume")
+        assert code == 1 and msg.startswith(f"error: {out}/mha.ckpt.pt is not a readable training checkpoint"), msg
+        code, msg = run("card", "--recipe", "smoke", "--out", str(out))
+        assert code == 1 and "is not a readable training checkpoint" in msg
+    (tmp_path / "file").write_text("x")
+    assert run("all", "--out", str(tmp_path / "file")) == (2, f"error: --out {tmp_path}/file is a file, not a folder")
+    assert run("ae", "--out", str(out), "--max-minutes", "-1")[0] == 2
+    (tmp_path / "r.json").write_text("{}")
+    for bad, why in (("file", "not JSON"), ("r.json", "no results")):
+        code, msg = run("card", "--recipe", "smoke", "--out", str(out), "--eval", str(tmp_path / bad))
+        assert code == 2 and msg.endswith(f"not a `videomla eval --json` report ({why})"), msg
+
+
 def test_caption_dropout_trains_some_clips_on_the_empty_prompt():
     from dataclasses import replace
 

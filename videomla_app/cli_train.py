@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .cli import UsageError, app, err, friendly, out
+from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 
 
 @app.command()
@@ -45,7 +44,8 @@ def train(
       videomla train card --out gpu_out --eval gpu_out/eval.json --command "bash scripts/gpu_train.sh"
     """
     from .autoencoder import CausalVideoAE
-    from .train.stages import RECIPES, STAGES, recipe_text_encoder, recipe_with, train_ae, train_dit
+    from .train.loop import CheckpointError, usable_cores
+    from .train.stages import NEEDS, RECIPES, STAGES, recipe_text_encoder, recipe_with, train_ae, train_dit
 
     if stage not in (*STAGES, "all", "ship", "card"):
         raise UsageError(f"unknown stage {stage!r}: use {', '.join(STAGES)}, all, ship or card")
@@ -61,6 +61,10 @@ def train(
             if value is not None:
                 raise UsageError(f"--budget-minutes sets the steps and the time: drop {flag}")
         max_minutes = budget_minutes * 1.1  # a hard stop with room for steps slower than timed
+    if max_minutes is not None and not 0 < max_minutes <= 100_000:
+        raise UsageError(f"--max-minutes must be more than 0 and at most 100000, got {max_minutes:g}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder")
     if workers is not None and not 0 <= workers <= 64:
         raise UsageError(f"--workers must be between 0 and 64, got {workers}")
     overrides = {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
@@ -81,9 +85,18 @@ def train(
             raise UsageError(f"--eval {eval_json}: no such file")
         if notes is not None and not notes.is_file():
             raise UsageError(f"--notes {notes}: no such file")
-        report = json.loads(eval_json.read_text()) if eval_json is not None else None
+        try:
+            report = json.loads(eval_json.read_text()) if eval_json is not None else None
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"--eval {eval_json}: not a `videomla eval --json` report (not JSON)") from None
+        if report is not None and not (isinstance(report, dict) and "results" in report):
+            raise UsageError(f"--eval {eval_json}: not a `videomla eval --json` report (no results)")
         text = notes.read_text() if notes is not None else None
-        out.print(f"wrote {write_card(out_dir, assets_dir(), r, report, command=command, notes=text)}")
+        try:
+            card = write_card(out_dir, assets_dir(), r, report, command=command, notes=text)
+        except CheckpointError as e:
+            raise RuntimeFailure(str(e)) from None
+        out.print(f"wrote {card}")
         return
     if stage == "ship":
         from .models import assets_dir
@@ -103,9 +116,23 @@ def train(
     except (ValueError, ModelUnavailable) as e:  # an unknown device, or cuda without a GPU
         raise UsageError(str(e)) from None
     if workers is None:
-        workers = 0 if dev.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
-    out_dir.mkdir(parents=True, exist_ok=True)
+        workers = 0 if dev.type == "cpu" else max(0, min(8, usable_cores() - 2))
     todo = STAGES if stage == "all" else (stage,)
+    if stage != "all":
+        rflag = "" if recipe == "tiny" else f" --recipe {recipe}"
+        for need in NEEDS.get(stage, ()):
+            if not (out_dir / f"{need}.safetensors").is_file():
+                raise UsageError(f"stage {stage} needs {out_dir / f'{need}.safetensors'}, which stage {need} "
+                                 f"writes: run 'videomla train {need}{rflag} --out {out_dir}' first (or 'train all')")
+    if not resume:
+        # Starting over would overwrite the checkpoint at its first save: hours of a 2-core run gone
+        # because --resume was forgotten. (train all skips finished stages, so those are safe.)
+        for s in todo:
+            ckpt = out_dir / f"{s}.ckpt.pt"
+            if ckpt.exists() and not (stage == "all" and (out_dir / f"{s}.safetensors").exists()):
+                raise UsageError(f"{ckpt} exists: add --resume to continue stage {s}, or delete it to train "
+                                 "that stage from the start")
+    out_dir.mkdir(parents=True, exist_ok=True)
     ae, text, t0 = None, None, time.monotonic()
 
     def left() -> float | None:  # --max-minutes bounds the whole command, not each stage
@@ -156,6 +183,8 @@ def train(
             _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_until=until)
             if not weights(s).exists():
                 return unfinished(f"stopped in stage {s} at step {trainer.step}")
+    except CheckpointError as e:
+        raise RuntimeFailure(str(e)) from None
     except KeyboardInterrupt:  # the trainer has checkpointed its last finished step
         err.print(f"interrupted in stage {s}: its last finished step is saved; run again with --resume")
         raise typer.Exit(130) from None

@@ -107,10 +107,32 @@ class _Fit:
         return None
 
 
+class CheckpointError(ValueError):
+    """A stage checkpoint that cannot be used: corrupt, truncated, not ours, or another model's."""
+
+
+_CKPT_KEYS = ("model", "opt", "step", "elapsed", "log", "config")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A stage checkpoint's state, or a :class:`CheckpointError` that says what to do: a file cut
+    short by a full disk or a killed copy would otherwise surface as an unpickling error or a bare
+    ``KeyError`` from deep inside torch."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises a zoo of types for bad bytes (UnpicklingError, RuntimeError, EOFError, ...)
+        raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}): "
+                              "delete it to train that stage from the start") from None
+    if not isinstance(state, dict) or any(k not in state for k in _CKPT_KEYS):
+        raise CheckpointError(f"{path} is not a VideoMLA training checkpoint (keys missing): "
+                              "delete it to train that stage from the start")
+    return state
+
+
 def read_checkpoint_log(path: Path) -> dict:
     """A checkpoint's record without its weights: step, wall time, loss log, config (as it ran,
     budget-sized or not) and the device it trained on (None for checkpoints older than that)."""
-    st = torch.load(path, map_location="cpu", weights_only=True)
+    st = load_checkpoint(path)
     return {"step": int(st["step"]), "elapsed_s": float(st["elapsed"]), "log": json.loads(st["log"]),
             "config": json.loads(st["config"]), "device": st.get("device")}
 
@@ -177,9 +199,14 @@ class Trainer:
         """Load the checkpoint if there is one; returns whether it did."""
         if not self.ckpt_path.exists():
             return False
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
+        state = load_checkpoint(self.ckpt_path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError) as e:  # shapes or names of another recipe's model
+            raise CheckpointError(f"{self.ckpt_path} belongs to a different model (its tensors do not fit this "
+                                  f"{type(self.model).__name__}): resume with the recipe that wrote it, or use "
+                                  "another --out") from None
         self.step, self.elapsed, self.log = state["step"], state["elapsed"], json.loads(state["log"])
         if state.get("sized", False):  # a budget-sized run continues its own schedule
             saved = json.loads(state["config"])
