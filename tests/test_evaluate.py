@@ -144,6 +144,48 @@ def test_cli_prints_table_and_writes_json(tmp_path):
     assert "| mean | ± | end/start |" in md and "Paired difference test-mla − test-mha" in md
 
 
+def test_ctrl_c_keeps_the_finished_videos(tmp_path, monkeypatch):
+    """Ctrl-C in the second video of the first model: the report covers the one finished video, says
+    it was interrupted (no paired comparison from a partial run, the second model not started), is
+    written to --json, and the command exits 130. Before any video finished: nothing written, 130."""
+    import videomla_app.evaluate as ev
+
+    real = ev.load_pipeline
+    calls = {"n": 0}
+
+    def interrupting(*a, **k):
+        pipe = real(*a, **k)
+        stream = pipe.stream
+
+        def stream_then_ctrl_c(*sa, **sk):
+            calls["n"] += 1
+            if calls["n"] == calls["stop_at"]:
+                raise KeyboardInterrupt
+            yield from stream(*sa, **sk)
+
+        pipe.stream = stream_then_ctrl_c
+        return pipe
+
+    monkeypatch.setattr(ev, "load_pipeline", interrupting)
+    path = tmp_path / "eval.json"
+    calls["stop_at"] = 2
+    r = CliRunner().invoke(_cli(), ["eval", "--models", "test-mla,test-mha", "--seconds", "1", "--prompts", "3",
+                                    "--json", str(path)])
+    assert r.exit_code == 130, r.output
+    assert "interrupted: the report covers what finished (test-mla 1 of 3 videos)" in r.output
+    report = json.loads(path.read_text())
+    assert report["interrupted"] and list(report["results"]) == ["test-mla"] and "comparison" not in report
+    mla = report["results"]["test-mla"]
+    assert mla["interrupted"] and mla["videos_planned"] == 3 and [p["seed"] for p in mla["prompts"]] == [0]
+    assert mla["mean"]["quality"] == mla["prompts"][0]["segments"][0]["quality"]
+    path.unlink()
+    calls.update(n=0, stop_at=1)
+    r = CliRunner().invoke(_cli(), ["eval", "--models", "test-mla", "--seconds", "1", "--prompts", "3",
+                                    "--json", str(path)])
+    assert r.exit_code == 130 and "nothing to report" in r.output and not path.exists()
+    assert not list(tmp_path.iterdir())  # no temporary file left either
+
+
 def test_standard_error_and_paired_difference():
     """Per-prompt means weight segments by frames; the standard error is std (n - 1) / sqrt(n); the
     paired difference pairs prompt i of one model with prompt i of the other and skips undefined

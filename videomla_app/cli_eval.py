@@ -77,6 +77,9 @@ def eval_models(
                                  repeats=repeats, warm_start=warm_start)
     except ModelUnavailable as e:
         raise RuntimeFailure(str(e)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted before any video was finished: nothing to report")
+        raise typer.Exit(130) from None
     out.print(format_table(report))
     if json_path is not None:
         try:
@@ -84,3 +87,8 @@ def eval_models(
         except OSError as e:
             raise RuntimeFailure(f"cannot write {json_path}: {e}") from None
         out.print(f"wrote {json_path}", highlight=False)
+    if report.get("interrupted"):
+        done = ", ".join(f"{m} {len(r['prompts'])} of {r.get('videos_planned', len(r['prompts']))} videos"
+                         for m, r in report["results"].items())
+        err.print(f"interrupted: the report covers what finished ({done})", highlight=False)
+        raise typer.Exit(130)

@@ -27,6 +27,7 @@ Typical use::
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -152,18 +153,42 @@ def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float =
         raise ValueError(f"--seconds {seconds:g} is less than one frame at {fps} fps")
     n_chunks = pipe.chunks_for_seconds(seconds)
     meter, per_prompt, t0 = _Meter(), [], time.perf_counter()
-    for i, j, s in video_seeds(len(prompts), seed, repeats):
-        prompt, segs = prompts[i], []
-        frames = meter.frames_of(pipe.stream(prompt, n_chunks, seed=s))
-        for m in evaluate_stream(frames, prompt, fps, n_frames, segment_s, s):
-            segs.append(m.as_dict())
-            if progress:
-                span = f"{format_time(m.start_s)}–{format_time(m.end_s)}"
-                which = f"prompt {i + 1}/{len(prompts)}" + (f" seed {s}" if repeats > 1 else "")
-                progress(f"{name}  {which}  {span}  adherence {_fmt(m.adherence)}  "
-                         f"quality {m.quality:.0f}  ({meter.frames / max(meter.generation_s, 1e-9):.1f} fps)")
-        frames.close()
-        per_prompt.append({"prompt": prompt, "seed": s, "repeat": j, "segments": segs})
+    planned = video_seeds(len(prompts), seed, repeats)
+    try:
+        for i, j, s in planned:
+            prompt, segs = prompts[i], []
+            frames = meter.frames_of(pipe.stream(prompt, n_chunks, seed=s))
+            for m in evaluate_stream(frames, prompt, fps, n_frames, segment_s, s):
+                segs.append(m.as_dict())
+                if progress:
+                    span = f"{format_time(m.start_s)}–{format_time(m.end_s)}"
+                    which = f"prompt {i + 1}/{len(prompts)}" + (f" seed {s}" if repeats > 1 else "")
+                    progress(f"{name}  {which}  {span}  adherence {_fmt(m.adherence)}  "
+                             f"quality {m.quality:.0f}  ({meter.frames / max(meter.generation_s, 1e-9):.1f} fps)")
+            frames.close()
+            per_prompt.append({"prompt": prompt, "seed": s, "repeat": j, "segments": segs})
+    except KeyboardInterrupt:
+        # An hour-long eval stopped by Ctrl-C keeps the videos it finished: the report covers them
+        # (and says so); the one in progress is dropped, a part of a video is not comparable.
+        if not per_prompt:
+            raise
+        raise EvalInterrupted(_model_report(name, pipe, repeats, seconds, n_frames, segment_s, meter, per_prompt,
+                                            t0, planned=len(planned))) from None
+    return _model_report(name, pipe, repeats, seconds, n_frames, segment_s, meter, per_prompt, t0)
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an evaluation, carrying the report of the videos finished before it."""
+
+    def __init__(self, partial: dict) -> None:
+        super().__init__("evaluation interrupted")
+        self.partial = partial
+
+
+def _model_report(name: str, pipe, repeats: int, seconds: float, n_frames: int, segment_s: float, meter: _Meter,
+                  per_prompt: list[dict], t0: float, planned: int | None = None) -> dict:
+    """One model's JSON-ready report; ``planned``: the number of videos asked for, when fewer finished."""
+    fps = pipe.preset.video.fps
     wall = time.perf_counter() - t0
     mem = meter.memory
     achieved = meter.frames / meter.generation_s if meter.generation_s else None
@@ -181,7 +206,8 @@ def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float =
         "cache_bytes": mem.cache_bytes if mem else None,
         "dense_equivalent_bytes": mem.dense_equivalent_bytes if mem else None,
         "cache_reduction": mem.reduction if mem else None,
-        "prompts": per_prompt, **summarise(per_prompt)}
+        "prompts": per_prompt, **summarise(per_prompt),
+        **({"interrupted": True, "videos_planned": planned} if planned is not None else {})}
 
 
 def rank_pair(models: Sequence[str]) -> tuple[str, str] | None:
@@ -219,11 +245,22 @@ def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, sec
         report["ranks"] = ranks_for(*pair)
     for name in models:
         if prompts:
-            report["results"][name] = evaluate_model(name, prompts, seconds, seed, segment_s=segment_s,
-                                                     device=device, dtype=dtype, progress=progress, repeats=repeats,
-                                                     warm_start=warm_start)
+            try:
+                report["results"][name] = evaluate_model(name, prompts, seconds, seed, segment_s=segment_s,
+                                                         device=device, dtype=dtype, progress=progress,
+                                                         repeats=repeats, warm_start=warm_start)
+            except EvalInterrupted as e:  # the models after it are not started
+                report["results"][name] = e.partial
+                report["interrupted"] = True
+                break
+            except KeyboardInterrupt:  # before this model finished a video
+                if not report["results"]:
+                    raise
+                report["interrupted"] = True
+                break
     pair = rank_pair(models) or (tuple(models[:2]) if len(models) == 2 else None)
-    if pair is not None and all(m in report["results"] for m in pair):
+    complete = [m for m, r in report["results"].items() if not r.get("interrupted")]
+    if pair is not None and all(m in complete for m in pair):
         a, b = (report["results"][m]["prompt_means"] for m in pair)
         report["comparison"] = {"a": pair[0], "b": pair[1], "metrics": paired_difference(a, b, SCORES)}
     report["wall_s"] = time.perf_counter() - t0
@@ -231,7 +268,14 @@ def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, sec
 
 
 def write_json(report: dict, path: Path | str) -> None:
-    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+    """Atomically: a report is written once, at the end of a long run, and must not be half there."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
