@@ -172,12 +172,19 @@ def test_ctrl_c_keeps_the_finished_videos(tmp_path, monkeypatch):
     r = CliRunner().invoke(_cli(), ["eval", "--models", "test-mla,test-mha", "--seconds", "1", "--prompts", "3",
                                     "--json", str(path)])
     assert r.exit_code == 130, r.output
-    assert "interrupted: the report covers what finished (test-mla 1 of 3 videos)" in r.output
+    assert "interrupted: the report covers what finished (test-mla 1 of 3 videos, test-mha not started)" in r.output
     report = json.loads(path.read_text())
     assert report["interrupted"] and list(report["results"]) == ["test-mla"] and "comparison" not in report
     mla = report["results"]["test-mla"]
     assert mla["interrupted"] and mla["videos_planned"] == 3 and [p["seed"] for p in mla["prompts"]] == [0]
     assert mla["mean"]["quality"] == mla["prompts"][0]["segments"][0]["quality"]
+    from videomla_app.train.card import eval_table
+
+    assert "**test-mla** (MLA): 1 videos (interrupted: 1 of 3 finished)" in eval_table(report)
+    (tmp_path / "d").mkdir()  # a folder as --json is refused before the eval, not after it
+    r = CliRunner().invoke(_cli(), ["eval", "--models", "test-mla", "--json", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "is a folder: name the report file" in r.output
+    (tmp_path / "d").rmdir()
     path.unlink()
     calls.update(n=0, stop_at=1)
     r = CliRunner().invoke(_cli(), ["eval", "--models", "test-mla", "--seconds", "1", "--prompts", "3",

@@ -156,11 +156,11 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
         assert f"| {stage} | 4 | 2 |" in card
     assert "![loss curves](loss_curve.png)" in card
     assert Image.open(tmp_path / "assets" / "loss_curve.png").size == (960, 540)
-    assert "Stage 0 did not run here" not in card
+    assert "Stage 0 has no record in this run" not in card
     # a run that reused an autoencoder (the GPU script's KEEP_AE=1) says so instead of a silent gap
     (tmp_path / "ae.ckpt.pt").unlink()
     card = write_card(tmp_path, tmp_path / "assets", r).read_text()
-    assert "| ae |" not in card and "Stage 0 did not run here: this run reused an existing autoencoder" in card
+    assert "| ae |" not in card and "Stage 0 has no record in this run (no autoencoder checkpoint or log)" in card
 
 
 def test_ship_and_card_refuse_a_folder_without_a_finished_run(tmp_path, monkeypatch):
@@ -211,11 +211,12 @@ def test_train_refuses_what_would_lose_or_misuse_work(tmp_path):
     assert CliRunner().invoke(app, ["train", "ae", "--recipe", "smoke", "--out", str(out)]).exit_code == 0
     ckpt = out / "ae.ckpt.pt"
     before = ckpt.read_bytes()
-    for args in (("ae",), ("all",)):  # all: ae is finished, but the unfinished mha below is not
-        (out / "mha.ckpt.pt").write_bytes(before)
-        code, msg = run(*args, "--recipe", "smoke", "--out", str(out))
-        stage = args[0] if args[0] != "all" else "mha"
-        assert code == 2 and msg == (f"error: {out}/{stage}.ckpt.pt exists: add --resume to continue stage {stage}, "
+    code, msg = run("ae", "--recipe", "smoke", "--out", str(out))
+    assert code == 2 and msg == f"error: stage ae is finished in {out}: delete ae.ckpt.pt and ae.safetensors there to train it again"
+    (out / "mha.ckpt.pt").write_bytes(before)  # an unfinished stage; all skips the finished ae
+    for budget in ((), ("--budget-minutes", "100000")):  # the budget's own hard stop is not a user --max-minutes
+        code, msg = run("all", "--recipe", "smoke", "--out", str(out), *budget)
+        assert code == 2 and msg == (f"error: {out}/mha.ckpt.pt exists: add --resume to continue stage mha, "
                                      "or delete it to train that stage from the start"), msg
     assert ckpt.read_bytes() == before
     # the autoencoder's checkpoint where the DiT's should be, then a truncated and a junk one

@@ -66,6 +66,8 @@ def eval_models(
             check_warm_start(warm_start)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if json_path is not None and json_path.is_dir():
+        raise UsageError(f"--json {json_path} is a folder: name the report file, e.g. {json_path / 'eval.json'}")
     if json_path is not None and not (json_path.parent.is_dir() and os.access(json_path.parent, os.W_OK)):
         # checked before the eval, which can take an hour, and not after it
         raise UsageError(f"--json {json_path}: cannot write into {json_path.parent} (no such folder, or not writable)")
@@ -88,7 +90,8 @@ def eval_models(
             raise RuntimeFailure(f"cannot write {json_path}: {e}") from None
         out.print(f"wrote {json_path}", highlight=False)
     if report.get("interrupted"):
-        done = ", ".join(f"{m} {len(r['prompts'])} of {r.get('videos_planned', len(r['prompts']))} videos"
-                         for m, r in report["results"].items())
+        done = ", ".join([f"{m} {len(r['prompts'])} of {r.get('videos_planned', len(r['prompts']))} videos"
+                          for m, r in report["results"].items()]
+                         + [f"{m} not started" for m in names if m not in report["results"]])
         err.print(f"interrupted: the report covers what finished ({done})", highlight=False)
         raise typer.Exit(130)

@@ -54,6 +54,8 @@ def train(
     for flag, value in (("--steps", steps), ("--batch", batch)):
         if value is not None and not 1 <= value <= 1_000_000:
             raise UsageError(f"{flag} must be between 1 and 1000000, got {value}")
+    if max_minutes is not None and not 0 < max_minutes <= 100_000:
+        raise UsageError(f"--max-minutes must be more than 0 and at most 100000, got {max_minutes:g}")
     if budget_minutes is not None:
         if not 0.1 <= budget_minutes <= 100_000:
             raise UsageError(f"--budget-minutes must be between 0.1 and 100000, got {budget_minutes:g}")
@@ -61,8 +63,6 @@ def train(
             if value is not None:
                 raise UsageError(f"--budget-minutes sets the steps and the time: drop {flag}")
         max_minutes = budget_minutes * 1.1  # a hard stop with room for steps slower than timed
-    if max_minutes is not None and not 0 < max_minutes <= 100_000:
-        raise UsageError(f"--max-minutes must be more than 0 and at most 100000, got {max_minutes:g}")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder")
     if workers is not None and not 0 <= workers <= 64:
@@ -73,9 +73,7 @@ def train(
         import json
 
         from .models import assets_dir
-        from .train.card import write_card
-
-        from .train.card import LOGS_FILE
+        from .train.card import LOGS_FILE, write_card
 
         if not (any(out_dir.glob("*.ckpt.pt")) or (out_dir / LOGS_FILE).is_file()):
             # without this, a mistyped --out wrote an empty card over the shipped one
@@ -89,7 +87,7 @@ def train(
             report = json.loads(eval_json.read_text()) if eval_json is not None else None
         except (ValueError, UnicodeDecodeError):
             raise UsageError(f"--eval {eval_json}: not a `videomla eval --json` report (not JSON)") from None
-        if report is not None and not (isinstance(report, dict) and "results" in report):
+        if report is not None and not (isinstance(report, dict) and {"results", "prompts"} <= report.keys()):
             raise UsageError(f"--eval {eval_json}: not a `videomla eval --json` report (no results)")
         text = notes.read_text() if notes is not None else None
         try:
@@ -106,6 +104,8 @@ def train(
             written = ship(out_dir, assets_dir(), r, recipe_text_encoder(r))
         except FileNotFoundError as e:
             raise UsageError(str(e)) from None
+        except CheckpointError as e:  # the weights are there; their record of the steps that ran is not
+            raise RuntimeFailure(f"{e}; ship reads the steps each stage ran from it, so nothing was shipped") from None
         for f in written:
             out.print(f"wrote {f}")
         return
@@ -129,7 +129,11 @@ def train(
         # because --resume was forgotten. (train all skips finished stages, so those are safe.)
         for s in todo:
             ckpt = out_dir / f"{s}.ckpt.pt"
-            if ckpt.exists() and not (stage == "all" and (out_dir / f"{s}.safetensors").exists()):
+            done = (out_dir / f"{s}.safetensors").exists()
+            if ckpt.exists() and not (stage == "all" and done):
+                if done:
+                    raise UsageError(f"stage {s} is finished in {out_dir}: delete {ckpt.name} and {s}.safetensors "
+                                     "there to train it again")
                 raise UsageError(f"{ckpt} exists: add --resume to continue stage {s}, or delete it to train "
                                  "that stage from the start")
     out_dir.mkdir(parents=True, exist_ok=True)

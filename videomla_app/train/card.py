@@ -104,7 +104,8 @@ def eval_table(report: dict) -> str:
     lines = []
     for name, r in report["results"].items():
         segs = r["segments"]
-        lines.append(f"**{name}** ({r['attn'].upper()}): {len(r['prompts'])} videos × {r['seconds']:g} s, "
+        cut = f" (interrupted: {len(r['prompts'])} of {r['videos_planned']} finished)" if r.get("interrupted") else ""
+        lines.append(f"**{name}** ({r['attn'].upper()}): {len(r['prompts'])} videos{cut} × {r['seconds']:g} s, "
                      f"{_fmt(r['achieved_fps'], 1)} fps generated, KV cache {r['cache_bytes']:,} bytes, "
                      f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB\n")
         sem = r.get("sem")  # reports before the standard errors were added have none
@@ -141,8 +142,9 @@ def eval_table(report: dict) -> str:
 
 # A run that skips stage 0 (scripts/gpu_train.sh keeps the shipped autoencoder, KEEP_AE=1) has no
 # autoencoder log; without this line its card would read as if the autoencoder came from nowhere.
-_REUSED_AE = ("Stage 0 did not run here: this run reused an existing autoencoder (an `ae.safetensors` placed in "
-              "the run folder before training, such as the shipped one), whose training is not in this table.")
+_REUSED_AE = ("Stage 0 has no record in this run (no autoencoder checkpoint or log): its `ae.safetensors` was "
+              "placed there or trained elsewhere, such as the shipped one that `scripts/gpu_train.sh` reuses, "
+              "so the autoencoder's training is not in this table.")
 
 
 def _devices(logs: dict[str, dict]) -> str:

@@ -120,12 +120,13 @@ def load_checkpoint(path: Path) -> dict:
     ``KeyError`` from deep inside torch."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:  # unreadable, not bad: permissions, I/O -- nothing to delete over
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     except Exception as e:  # torch raises a zoo of types for bad bytes (UnpicklingError, RuntimeError, EOFError, ...)
-        raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}): "
-                              "delete it to train that stage from the start") from None
+        raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}: "
+                              "corrupt or truncated)") from None
     if not isinstance(state, dict) or any(k not in state for k in _CKPT_KEYS):
-        raise CheckpointError(f"{path} is not a VideoMLA training checkpoint (keys missing): "
-                              "delete it to train that stage from the start")
+        raise CheckpointError(f"{path} is not a VideoMLA training checkpoint (keys missing)")
     return state
 
 
@@ -146,7 +147,8 @@ def device_label(device: torch.device) -> str:
 
 def usable_cores() -> int:
     """The cores this process may run on: inside a container ``os.cpu_count()`` is the host's count
-    (a 2-core container on a 64-core host would say 64), the affinity mask is what it was given."""
+    (a 2-core cpuset on a 64-core host would say 64), the affinity mask is the cpuset it was given.
+    (A CFS quota such as ``docker --cpus=2`` is not in the mask; nothing here reads it.)"""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -199,14 +201,18 @@ class Trainer:
         """Load the checkpoint if there is one; returns whether it did."""
         if not self.ckpt_path.exists():
             return False
-        state = load_checkpoint(self.ckpt_path)
+        try:
+            state = load_checkpoint(self.ckpt_path)
+        except CheckpointError as e:
+            bad = "cannot read" not in str(e)
+            raise CheckpointError(f"{e}: delete it to train that stage from the start" if bad else str(e)) from None
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
         except (RuntimeError, ValueError) as e:  # shapes or names of another recipe's model
             raise CheckpointError(f"{self.ckpt_path} belongs to a different model (its tensors do not fit this "
-                                  f"{type(self.model).__name__}): resume with the recipe that wrote it, or use "
-                                  "another --out") from None
+                                  f"{type(self.model).__name__}; another recipe's, or another stage's file): resume with "
+                                  "the recipe that wrote it, or use another --out") from None
         self.step, self.elapsed, self.log = state["step"], state["elapsed"], json.loads(state["log"])
         if state.get("sized", False):  # a budget-sized run continues its own schedule
             saved = json.loads(state["config"])
