@@ -237,12 +237,15 @@ def test_cli_rejects_bad_options():
     app = _cli()
     for args in (["--models", "test-mla", "--ranks"], ["--models", "nope"], ["--prompts", "9"],
                  ["--seconds", "0"], ["--prompts", "0"], ["--repeats", "0"], ["--repeats", "101"],
-                 ["--warm-start", "-5"], ["--warm-start", "1001"], ["--json", "/nonexistent/dir/eval.json"]):
+                 ["--warm-start", "-5"], ["--warm-start", "1001"], ["--json", "/nonexistent/dir/eval.json"],
+                 ["--dtype", "float64"], ["--device", "tpu"]):
         r = CliRunner().invoke(app, ["eval", *args])
         assert r.exit_code == 2, (args, r.output)
     # refused before any video is generated, in one line
     r = CliRunner().invoke(app, ["eval", "--models", "test-mla", "--json", "/nonexistent/dir/eval.json"])
     assert r.output.strip() == ("error: --json /nonexistent/dir/eval.json: cannot write into /nonexistent/dir "
                                 "(no such folder, or not writable)")
+    r = CliRunner().invoke(app, ["eval", "--models", "test-mla", "--dtype", "float64"])
+    assert r.output.strip() == "error: unknown dtype 'float64': use auto, float32, bfloat16 or float16"
     r = CliRunner().invoke(app, ["eval", "--seconds", "0"])
     assert "--seconds must be more than 0 and at most 3600, got 0" in r.output

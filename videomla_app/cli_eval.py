@@ -40,7 +40,7 @@ def eval_models(
     """
     from .eval_metrics import WINDOW_S
     from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
-    from .models import ModelUnavailable, check_warm_start, get_entry
+    from .models import ModelUnavailable, check_warm_start, get_entry, resolve_device, resolve_dtype
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
@@ -71,6 +71,10 @@ def eval_models(
     if json_path is not None and not (json_path.parent.is_dir() and os.access(json_path.parent, os.W_OK)):
         # checked before the eval, which can take an hour, and not after it
         raise UsageError(f"--json {json_path}: cannot write into {json_path.parent} (no such folder, or not writable)")
+    try:  # before any model loads: an unknown --device or --dtype is a usage error, not a crash
+        resolve_dtype(dtype, resolve_device(device))
+    except (ValueError, ModelUnavailable) as e:  # ModelUnavailable: --device cuda without a GPU
+        raise UsageError(str(e)) from None
     if n == 0 and not ranks:
         raise UsageError("--prompts 0 without --ranks leaves nothing to do")
     try:
