@@ -59,8 +59,8 @@ fi
 # WORKERS=auto: measure 0, 8 (when there are that many spare cores) and all but two cores, and train
 # with the fastest (the device has 16 cores; whether a step is bound by rendering there is what the
 # measurement says). Cores as the trainer counts them: nproc would follow OMP_NUM_THREADS.
-many=$($PY -c "from videomla_app.train.loop import usable_cores; print(max(1, usable_cores() - 2))")
 if [ "$WORKERS" = auto ]; then
+  many=$($PY -c "from videomla_app.train.loop import usable_cores; print(max(1, usable_cores() - 2))")
   counts=$(printf '%s\n' 0 8 "$many" | awk -v m="$many" '$1 <= m' | sort -un | paste -sd, -)
 else
   counts="0,$WORKERS"

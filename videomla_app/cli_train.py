@@ -73,12 +73,8 @@ def train(
         import json
 
         from .models import assets_dir
-        from .train.card import LOGS_FILE, write_card
+        from .train.card import write_card
 
-        if not (any(out_dir.glob("*.ckpt.pt")) or (out_dir / LOGS_FILE).is_file()):
-            # without this, a mistyped --out wrote an empty card over the shipped one
-            raise UsageError(f"--out {out_dir}: no training run there (no stage checkpoints or {LOGS_FILE}), "
-                             "so no card to write")
         if eval_json is not None and not eval_json.is_file():
             raise UsageError(f"--eval {eval_json}: no such file")
         if notes is not None and not notes.is_file():
@@ -92,6 +88,8 @@ def train(
         text = notes.read_text() if notes is not None else None
         try:
             card = write_card(out_dir, assets_dir(), r, report, command=command, notes=text)
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
         except CheckpointError as e:
             raise RuntimeFailure(str(e)) from None
         out.print(f"wrote {card}")

@@ -249,12 +249,10 @@ def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, sec
                 report["results"][name] = evaluate_model(name, prompts, seconds, seed, segment_s=segment_s,
                                                          device=device, dtype=dtype, progress=progress,
                                                          repeats=repeats, warm_start=warm_start)
-            except EvalInterrupted as e:  # the models after it are not started
-                report["results"][name] = e.partial
-                report["interrupted"] = True
-                break
-            except KeyboardInterrupt:  # before this model finished a video
-                if not report["results"]:
+            except KeyboardInterrupt as e:  # the models after it are not started
+                if isinstance(e, EvalInterrupted):
+                    report["results"][name] = e.partial
+                if not report["results"]:  # not one video finished
                     raise
                 report["interrupted"] = True
                 break

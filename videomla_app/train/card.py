@@ -160,6 +160,9 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
     ``notes`` (markdown) records what the checkpoints cannot: how the run deviated from a clean
     re-run of the recipe (schedule changes between resumed runs, settings added mid-stage)."""
     logs = stage_logs(run_dir)
+    if not logs:  # e.g. a mistyped --out: an empty card must not replace the shipped one
+        raise FileNotFoundError(f"{run_dir}: no training run there (no stage checkpoints or {LOGS_FILE}), "
+                                "so no card to write")
     curve = loss_curve(logs, assets / "loss_curve.png")
     rows = []
     for s in STAGES:

@@ -108,7 +108,12 @@ class _Fit:
 
 
 class CheckpointError(ValueError):
-    """A stage checkpoint that cannot be used: corrupt, truncated, not ours, or another model's."""
+    """A stage checkpoint that cannot be used: corrupt, truncated, not ours, or another model's.
+    ``bad_file``: the bytes themselves are wrong (deleting it loses nothing), not merely unreadable."""
+
+    def __init__(self, message: str, bad_file: bool = True) -> None:
+        super().__init__(message)
+        self.bad_file = bad_file
 
 
 _CKPT_KEYS = ("model", "opt", "step", "elapsed", "log", "config")
@@ -121,7 +126,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:  # unreadable, not bad: permissions, I/O -- nothing to delete over
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}", bad_file=False) from None
     except Exception as e:  # torch raises a zoo of types for bad bytes (UnpicklingError, RuntimeError, EOFError, ...)
         raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}: "
                               "corrupt or truncated)") from None
@@ -204,8 +209,9 @@ class Trainer:
         try:
             state = load_checkpoint(self.ckpt_path)
         except CheckpointError as e:
-            bad = "cannot read" not in str(e)
-            raise CheckpointError(f"{e}: delete it to train that stage from the start" if bad else str(e)) from None
+            if not e.bad_file:
+                raise
+            raise CheckpointError(f"{e}: delete it to train that stage from the start") from None
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])

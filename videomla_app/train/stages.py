@@ -35,8 +35,8 @@ STAGES = ("ae", "mha", "mla", "twin", "mla-cfg", "twin-cfg")
 # guidance-distilled stage -> the stage it starts from (and learns from as a frozen teacher)
 DISTILLED_FROM = {"mla-cfg": "mla", "twin-cfg": "twin"}
 # stage -> the stages whose weights (<stage>.safetensors in the run folder) it starts from
-NEEDS = {"mha": ("ae",), "mla": ("ae", "mha"), "twin": ("ae", "mha"), "mla-cfg": ("ae", "mla"),
-         "twin-cfg": ("ae", "twin")}
+NEEDS = {"mha": ("ae",), "mla": ("ae", "mha"), "twin": ("ae", "mha"),
+         **{s: ("ae", base) for s, base in DISTILLED_FROM.items()}}
 
 
 @dataclass(frozen=True)
