@@ -183,7 +183,7 @@ def test_session_files_are_checked(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a session")
     with pytest.raises(ValueError, match="not a readable session"):
         read_session_meta(tmp_path / "junk.safetensors")
-    assert not list(tmp_path.glob(".session-*"))  # atomic write left no temporary file
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temporary file
 
 
 def test_memory_is_flat_over_200_chunks():

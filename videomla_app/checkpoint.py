@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import replacing
 from .checkpoint_keys import KeyMap, Shape, fmt_shape, plan_mapping, split_tensor, target_shapes
 from .config import ModelConfig
 from .errors import RunError
@@ -428,14 +429,12 @@ def _write_cached(path: Path, tensors: dict[str, torch.Tensor], report: LoadRepo
         seen.add(ptr)
     meta = {"videomla": json.dumps({"format_version": FORMAT_VERSION, "origin": origin,
                                     "report": {**report.as_dict(), "cache_path": None, "from_cache": False}})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(out, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            save_file(out, str(tmp), metadata=meta)
         return True
     except (OSError, RuntimeError, ValueError):
-        tmp.unlink(missing_ok=True)
         return False
 
 

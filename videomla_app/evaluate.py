@@ -27,7 +27,6 @@ Typical use::
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +40,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__, world
+from .atomic import replacing
 from .config import get_preset
 from .eval_metrics import (METRIC_DEFINITIONS, RAW, SCORES, SEGMENT_S, WINDOW_S, SegmentMetrics,
                            evaluate_frames, evaluate_segment, evaluate_stream)
@@ -267,13 +267,8 @@ def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, sec
 
 def write_json(report: dict, path: Path | str) -> None:
     """Atomically: a report is written once, at the end of a long run, and must not be half there."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

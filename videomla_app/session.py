@@ -9,14 +9,13 @@ CPU, as a run that never stopped. Writes are atomic (temporary file + rename).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic import replacing
 from .pipeline import GenerationState, PromptSegment, StreamingPipeline, Timeline
 
 FORMAT = "videomla-session/1"
@@ -39,17 +38,11 @@ def save_session(path: str | Path, pipe: StreamingPipeline, state: GenerationSta
         "cache": json.dumps(cache_meta), "extra": json.dumps(extra or {}),
     }
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".session-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         try:
-            save_file(tensors, tmp, metadata=meta)
+            save_file(tensors, str(tmp), metadata=meta)
         except Exception as e:  # safetensors reports I/O failures (disk full) as its own error type
             raise OSError(f"cannot write session {path.name}: {str(e).split(': ')[-1]}") from None
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_session_meta(path: str | Path) -> dict[str, str]:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import replacing
+
 
 def ffmpeg_exe() -> str:
     import imageio_ffmpeg
@@ -135,17 +137,17 @@ def _keyframes(chunk_frames: tuple[int, int] | None) -> list[str]:
 def concat_videos(parts: list[Path], out: Path, metadata: dict | None = None) -> Path:
     """Join videos with identical encoding settings without re-encoding (atomic: temp + rename)."""
     out = Path(out)
-    tmp = out.with_name(out.stem + ".joining" + out.suffix)
     listing = out.with_name(out.stem + ".joining.txt")
     listing.write_text("".join(f"file '{Path(p).resolve().as_posix()}'\n" for p in parts))
     try:
-        r = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
-                            "-i", str(listing), "-c", "copy", *_metadata_args(metadata),
-                            "-movflags", "+frag_every_frame+empty_moov+default_base_moof", "-f", "mp4", str(tmp)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise OSError(f"joining videos failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
-        os.replace(tmp, out)
+        with replacing(out) as tmp:  # a failed join leaves neither a half file nor a temporary one
+            r = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe",
+                                "0", "-i", str(listing), "-c", "copy", *_metadata_args(metadata),
+                                "-movflags", "+frag_every_frame+empty_moov+default_base_moof", "-f", "mp4", str(tmp)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise OSError(f"joining videos failed: "
+                              f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
     finally:
         listing.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)

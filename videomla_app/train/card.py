@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from ..atomic import replacing
 from .loop import read_checkpoint_log
 from .stages import STAGES, Recipe
 
@@ -43,7 +44,8 @@ def save_logs(run_dir: Path, path: Path) -> list[str]:
     """Write ``stage_logs(run_dir)`` to ``path`` (what a card needs when the checkpoints stay behind,
     e.g. on a lent GPU); returns one summary line per stage."""
     logs = stage_logs(run_dir)
-    path.write_text(json.dumps(logs))
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(logs))
     return [f"{s}: {lg['step']} steps in {lg['elapsed_s']:.0f} s, loss {a:.4f} -> {b:.4f}"
             for s, lg in logs.items() for a, b in [loss_summary(lg)]]
 
@@ -93,7 +95,8 @@ def loss_curve(logs: dict[str, dict], path: Path, size: tuple[int, int] = (960, 
         d.text((x0, y1 + 6), f"{steps[0]}", fill=(80, 80, 80))
         d.text((x1 - 30, y1 + 6), f"{steps[-1]}", fill=(80, 80, 80))
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    with replacing(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -199,5 +202,6 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
                  "pixels by the world's readers (colour, count, motion, scene, shape); quality compares frame "
                  "statistics with rendered ground truth of the same prompt.", "", eval_table(eval_report)]
     card = assets / "MODEL_CARD.md"
-    card.write_text("\n".join(text) + "\n")
+    with replacing(card) as tmp:  # the shipped card is never left half written
+        tmp.write_text("\n".join(text) + "\n")
     return card

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..atomic import replacing
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -198,9 +200,8 @@ class Trainer:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                  "elapsed": self.elapsed, "log": json.dumps(self.log), "config": json.dumps(asdict(self.cfg)),
                  "sized": self.sized, "device": device_label(next(self.model.parameters()).device)}
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
+        with replacing(self.ckpt_path) as tmp:
+            torch.save(state, tmp)
 
     def resume(self) -> bool:
         """Load the checkpoint if there is one; returns whether it did."""
