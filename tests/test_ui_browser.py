@@ -109,7 +109,7 @@ def test_generate_in_the_browser(browser, app, tmp_path):
     url, folder = app
     foreign: list[str] = []
     page = open_page(browser, url, foreign)
-    start(page, "A single small red diamond moves to the right rapidly over fresh snow", 10)
+    start(page, "three green diamonds circling around over desert dunes", 10)
     sources, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline and not page.evaluate(VIDEO_READY):
         src = preview_src(page)
