@@ -36,12 +36,14 @@ def test_words_past_what_the_model_reads_are_named(tmp_path, monkeypatch):
 
     short = "two small blue squares drifting left slowly in the night sky"
     assert prompt_warnings(Pipe, short) == [] and prompt_warnings(Pipe, "  ") == []
-    unseen, tail = prompt_warnings(Pipe, "beautiful cinematic footage in very high quality and great detail "
-                                         "showing " + short)
+    unseen, tail, fitted = prompt_warnings(Pipe, "beautiful cinematic footage in very high quality and great "
+                                                 "detail showing " + short)
     assert '"beautiful", "cinematic"' in unseen
     assert 'only the first 15 tokens of a prompt, so "drifting left slowly in the night sky" is likely ignored' in tail
+    assert fitted.endswith(f'in the words it was trained on, that is "{short}"')  # what to type instead
     tl = parse_timeline(f"0:00 {short}; 0:05 {short} with the stars over the sky")  # known words, just too many
-    assert [w.split(": ")[1][:32] for w in prompt_warnings(Pipe, tl)] == ["the model reads only the first 1"]
+    assert [w.split(": ")[1][:30] for w in prompt_warnings(Pipe, tl)] == ["the model reads only the first",
+                                                                         "in the words it was trained on"]
 
 
 def test_words_no_caption_contains_are_named_with_what_the_model_knows(tmp_path, monkeypatch):

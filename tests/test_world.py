@@ -71,6 +71,20 @@ def test_unseen_words_are_what_no_caption_contains():
     assert "flying" in W.vocabulary_words()  # the parser reads it (as "up"); the model never saw it
 
 
+def test_a_prompt_that_names_everything_has_a_caption_in_the_training_words():
+    assert W.in_caption_words("2 red spheres bouncing on the beach at golden hour, cinematic") == \
+        "two red balls bouncing on a beach"
+    assert W.in_caption_words("A tiny golden star spinning quickly in outer space") == \
+        "a small yellow star circling around quickly in outer space"
+    # a gap is not filled in: no shape here, and no count for a bare plural
+    assert W.in_caption_words("a red car bouncing in the sky") is None
+    assert W.in_caption_words("red balls bouncing on a beach") is None
+    rng = np.random.default_rng(5)
+    for _ in range(200):  # any training caption maps to its spec's canonical caption
+        spec = W.sample_spec(rng)
+        assert W.in_caption_words(W.caption(spec, rng)) == W.caption(spec)
+
+
 def test_captions_vary_and_parse_back():
     rng = np.random.default_rng(0)
     spec = W.WorldSpec("ball", "red", "medium", 1, "bouncing", "beach")

@@ -161,7 +161,8 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
     """Warnings (never errors) for each prompt of a timeline (or one prompt, as ``extend`` adds;
     "" has none) that is far from every training caption, names words no caption contains (a
     prompt can be close overall and still ask for a "dragon"), or whose end falls past the token
-    states the model reads (which then likely ignores it).
+    states the model reads (which then likely ignores it). A warned prompt that names every
+    attribute a caption names gets one more line: the same request as a training caption.
 
     Only models with a real sentence encoder are checked; the dev models' toy encoder has no notion
     of similarity.
@@ -173,11 +174,15 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
     import platformdirs
 
     cache = Path(platformdirs.user_cache_dir("videomla", appauthor=False)) / "reference_captions.npz"
-    texts = [seg.prompt for seg in prompts.segments] if isinstance(prompts, Timeline) else [" ".join(prompts.split())]
+    if isinstance(prompts, Timeline):
+        texts = [seg.prompt for seg in prompts.segments]
+    else:
+        texts = [" ".join(prompts.split())]
     # Only captions the model reads in full, so an example it suggests draws no warning of its own.
     refs = tuple(c for c in reference_captions() if not pipe.text_encoder.unread_tail(c))
     out = []
     for prompt in filter(None, texts):
+        before = len(out)
         try:
             msg = check_prompt(pipe.text_encoder, prompt, refs, cache_path=cache).message()
         except OSError:  # an unwritable cache folder must not stop a run
@@ -192,6 +197,8 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
             n = pipe.text_encoder.text_len - 1  # the first state is [CLS]
             out.append(f'"{prompt}": the model reads only the first {n} tokens of a prompt, so "{tail}" '
                        f"is likely ignored; shorten the prompt or move what matters to the front")
+        if len(out) > before and (fitted := world.in_caption_words(prompt)) and fitted != prompt.lower():
+            out.append(f'"{prompt}": in the words it was trained on, that is "{fitted}"')
     return out
 
 

@@ -18,8 +18,8 @@ Modules, one concept each: `spec` (vocabulary, WorldSpec), `timeline`, `palette`
 `render`, `captions` (captions and prompt parsing), `readers`, `preview` (contact sheet).
 """
 
-from .captions import (caption, parse_prompt, spec_from_prompt, timeline_from_prompts, unseen_words,
-                       vocabulary_words)
+from .captions import (caption, in_caption_words, parse_prompt, spec_from_prompt, timeline_from_prompts,
+                       unseen_words, vocabulary_words)
 from .palette import OBJECT_RGB
 from .readers import (analyse, colour_votes, motion_votes, read_all, read_colour, read_count, read_motion,
                       read_scene)
@@ -29,9 +29,9 @@ from .states import FrameStates, frame_states
 from .timeline import Timeline, as_timeline
 
 __all__ = [
-    "ATTRIBUTES", "DEFAULTS", "DEFAULT_FPS", "DEFAULT_SIZE", "OBJECT_RGB", "VOCAB", "FrameStates", "Timeline",
-    "WorldSpec", "analyse", "as_timeline", "benchmark", "caption", "colour_votes", "frame_states",
-    "motion_votes", "parse_prompt", "read_all", "read_colour", "read_count", "read_motion", "read_scene",
-    "render", "sample_spec", "spec_from_prompt", "stream", "timeline_from_prompts", "unseen_words",
-    "vocabulary_words",
+    "ATTRIBUTES", "DEFAULTS", "DEFAULT_FPS", "DEFAULT_SIZE", "OBJECT_RGB", "VOCAB", "FrameStates",
+    "Timeline", "WorldSpec", "analyse", "as_timeline", "benchmark", "caption", "colour_votes",
+    "frame_states", "in_caption_words", "motion_votes", "parse_prompt", "read_all", "read_colour",
+    "read_count", "read_motion", "read_scene", "render", "sample_spec", "spec_from_prompt", "stream",
+    "timeline_from_prompts", "unseen_words", "vocabulary_words",
 ]

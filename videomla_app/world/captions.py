@@ -304,6 +304,18 @@ def parse_prompt(text: str) -> dict[str, object]:
     return out
 
 
+def in_caption_words(text: str) -> str | None:
+    """``text`` rewritten as the canonical training caption of what it asks for, when it names
+    everything a caption names (shape, colour, count, motion, scene; size and speed are kept when
+    named); None when something is missing, since filling a gap would put words in the user's
+    mouth. "2 red spheres bouncing on the beach at golden hour, cinematic" -> "two red balls
+    bouncing on a beach"."""
+    named = parse_prompt(text)
+    if not {"shape", "colour", "count", "motion", "scene"} <= named.keys():
+        return None
+    return caption(WorldSpec(**{**DEFAULTS, **named}))
+
+
 def spec_from_prompt(text: str, seed: int = 0) -> WorldSpec:
     """The spec a prompt asks for. Unnamed size and speed take their defaults (captions leave them
     out only when they are the default); other gaps are filled at random (seeded); a plural noun
