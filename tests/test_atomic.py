@@ -3,6 +3,8 @@
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -32,6 +34,18 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             tmp.write_text("half")
             raise OSError("disk full")
     assert path.read_text() == "steps 1-500" and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_a_killed_writer_s_temporary_file_is_removed_by_the_next_write(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has exited
+    (tmp_path / f".ckpt.pt.{dead}-1.tmp").write_text("half of a killed save")
+    (tmp_path / f".ckpt.pt.{os.getpid()}-999999.tmp").write_text("a live writer's")  # not touched
+    (tmp_path / ".other.pt.1-1.tmp").write_text("another file's")  # not touched
+    with replacing(path) as tmp:
+        tmp.write_text("step 600")
+    assert sorted(os.listdir(tmp_path)) == [f".ckpt.pt.{os.getpid()}-999999.tmp", ".other.pt.1-1.tmp", "ckpt.pt"]
 
 
 def test_report_and_failed_join_leave_no_temporary_file(tmp_path):

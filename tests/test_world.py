@@ -68,6 +68,7 @@ def test_unseen_words_are_what_no_caption_contains():
     assert not any(W.unseen_words(W.caption(W.sample_spec(rng), rng)) for _ in range(400))
     assert W.unseen_words("A purple Dragon, flying over snowy mountains; a dragon!") == ["dragon", "flying", "mountains"]
     assert W.unseen_words("2 red balls are bouncing and it is sunny") == ["2"]  # grammar words pass
+    assert W.unseen_words("it's a red ball, don\u2019t show the 'ball's' shadow") == ["don't", "show", "shadow"]
     assert "flying" in W.vocabulary_words()  # the parser reads it (as "up"); the model never saw it
 
 

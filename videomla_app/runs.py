@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shutil
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -178,16 +179,18 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
         texts = [seg.prompt for seg in prompts.segments]
     else:
         texts = [" ".join(prompts.split())]
-    # Only captions the model reads in full, so an example it suggests draws no warning of its own.
-    refs = tuple(c for c in reference_captions() if not pipe.text_encoder.unread_tail(c))
+    refs, enc = reference_captions(), pipe.text_encoder
     out = []
-    for prompt in filter(None, texts):
+    for prompt in dict.fromkeys(filter(None, texts)):  # a prompt repeated in a timeline: warned once
         before = len(out)
         try:
-            msg = check_prompt(pipe.text_encoder, prompt, refs, cache_path=cache).message()
+            check = check_prompt(enc, prompt, refs, top_k=20, cache_path=cache)
         except OSError:  # an unwritable cache folder must not stop a run
-            msg = check_prompt(pipe.text_encoder, prompt, refs).message()
-        if msg:
+            check = check_prompt(enc, prompt, refs, top_k=20)
+        # Familiarity is scored against every caption; the examples shown are the nearest ones the
+        # model reads in full, so a copied example draws no warning of its own.
+        shown = [c for c in check.examples if not enc.unread_tail(c)][:3] or list(check.examples[:3])
+        if msg := replace(check, examples=tuple(shown)).message():
             out.append(f'"{prompt}": {msg}')
         if unseen := world.unseen_words(prompt):
             named = ", ".join(f'"{w}"' for w in unseen)
@@ -195,8 +198,8 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
                        f"{'it' if len(unseen) == 1 else 'them'}; {WORLD_WORDS}")
         if tail := pipe.text_encoder.unread_tail(prompt):
             n = pipe.text_encoder.text_len - 1  # the first state is [CLS]
-            out.append(f'"{prompt}": the model reads only the first {n} tokens of a prompt, so "{tail}" '
-                       f"is likely ignored; shorten the prompt or move what matters to the front")
+            out.append(f'"{prompt}": the model reads only the first {n} tokens (word pieces) of a prompt, '
+                       f'so "{tail}" is likely ignored; shorten the prompt or move what matters to the front')
         if len(out) > before and (fitted := world.in_caption_words(prompt)) and fitted != prompt.lower():
             out.append(f'"{prompt}": in the words it was trained on, that is "{fitted}"')
     return out

@@ -150,7 +150,6 @@ def concat_videos(parts: list[Path], out: Path, metadata: dict | None = None) ->
                               f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
     finally:
         listing.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -115,8 +115,9 @@ def unseen_words(text: str) -> list[str]:
     "flying", "2"). Synonyms the prompt *parser* knows are included when captions never use them:
     the parser serves the evaluation, the model only knows the captions' words."""
     known = caption_words() | FUNCTION_WORDS
-    words = re.findall(r"[\w-]+", text.lower())
-    return list(dict.fromkeys(w for w in words if w not in known))
+    words = re.findall(r"[\w'-]+", text.lower().replace("\u2019", "'"))  # "don't" stays one word
+    words = (w.strip("'").removesuffix("'s") for w in words)  # "it's" -> "it", "'quoted'" -> "quoted"
+    return list(dict.fromkeys(w for w in words if w and w not in known))
 
 
 def plural(noun: str) -> str:
