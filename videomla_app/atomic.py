@@ -7,7 +7,8 @@ the temporary one; the data is fsynced before the rename, so a power loss leaves
 the new one. A process killed outright (SIGKILL, out of memory) cannot clean up: its temporary file
 is removed by the next write of the same target, so killed checkpoint saves do not pile up.
 
-The target is replaced, not written through: it gets the usual permissions of a new file, and a
+The target is replaced, not written through: it gets the permissions its writer gives a new file
+(the umask's for ``write_text`` and ``torch.save``, private for safetensors' ``save_file``), and a
 symlink becomes a plain file.
 """
 
@@ -44,7 +45,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder to write; when the block ends without an
     exception, it is synced to disk and replaces ``path``, otherwise it is removed. The name holds
     the process and thread (two UI workers may save at once, and a dead process's file is known
-    by its pid); ``mkstemp`` is not used because it would make the file private."""
+    by its pid); not ``mkstemp``, which would make every file private."""
     path = Path(path)
     _remove_stale(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
