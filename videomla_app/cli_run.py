@@ -122,6 +122,8 @@ def generate(
 ) -> None:
     """Generate a video, streaming each chunk to disk as it is made.
 
+    The embedded models first warn about a prompt they will not follow; the run goes on.
+
     [b]Examples[/b]
       videomla generate "a red ball bouncing on a beach" --minutes 2
       videomla generate "0:00 a red ball bouncing; 0:30 the ball turns blue" --seconds 60
