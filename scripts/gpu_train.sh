@@ -37,6 +37,7 @@ PY=${PYTHON:-python3}
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+export USE_HUB_KERNELS=NO  # transformers >= 5.2x would kernelize MiniLM from the hub: nothing to fetch there
 mkdir -p "$OUT" "$RUN"
 exec > >(tee "$OUT/log.txt") 2>&1
 trap 'exec >&- 2>&-; wait' EXIT  # let tee write the log's last lines before the device collects $OUT
