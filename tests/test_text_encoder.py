@@ -76,6 +76,20 @@ def test_deterministic_and_independent_of_the_batch(enc):
     assert not torch.equal(b[0], b[1])
 
 
+def test_batched_encoding_for_training_equals_one_call_per_prompt(enc):
+    """Training encodes a step's captions in one padded call; what the model learns from must be
+    what inference feeds it: the same states up to rounding, zero past each prompt's end, repeats
+    and order kept."""
+    prompts = ["a ball", "three small green triangles orbiting slowly over a snowy field at night, "
+               "with many more words past what is kept", "a ball", "two red squares drifting left"]
+    one_by_one, batched = enc.encode(prompts), enc.encode_batched(prompts)  # [4, 16, 384] each
+    assert batched.shape == one_by_one.shape == (4, enc.text_len, enc.text_dim)
+    assert torch.allclose(batched, one_by_one, atol=1e-4, rtol=0)
+    assert torch.equal(batched == 0, one_by_one == 0)  # "a ball": rows 4.. exactly zero in both
+    assert torch.equal(batched[0], batched[2])
+    assert enc.encode_batched([]).shape == (0, enc.text_len, enc.text_dim)
+
+
 def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(enc):
     e = enc.embed(["a red ball bouncing", "a crimson ball bounces", "stock market news"])
     assert e.shape == (3, 384)

@@ -151,6 +151,24 @@ class MiniLMTextEncoder:
             return torch.zeros(0, self.text_len, self.text_dim, device=self.device)
         return torch.stack([states[p] for p in prompts])  # [B, text_len, 384]
 
+    def encode_batched(self, prompts: list[str]) -> torch.Tensor:
+        """What :meth:`encode` returns, up to float rounding, from one padded call for all distinct
+        prompts instead of one call each.
+
+        For training, where a caption's states need not be bitwise independent of its batch (the
+        padding is masked, so only summation order differs). On the H200 the per-prompt calls of
+        32 new captions took 126 ms of a 330 ms training step, more than the DiT's forward and
+        backward together (scripts/train_profile.py)."""
+        if not prompts:
+            return torch.zeros(0, self.text_len, self.text_dim, device=self.device)
+        unique = list(dict.fromkeys(prompts))
+        h, mask = self._hidden(unique)  # [U, L, 384], [U, L]
+        n = min(self.text_len, h.shape[1])
+        rows = torch.zeros(len(unique), self.text_len, self.text_dim, device=self.device)  # [U, text_len, 384]
+        rows[:, :n] = h[:, :n] * mask[:, :n, None].to(h.dtype)  # past its own end a prompt's rows are zero
+        at = {p: i for i, p in enumerate(unique)}
+        return rows[[at[p] for p in prompts]]  # [B, text_len, 384]
+
     def embed(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Sentence embeddings [B, 384] fp32, L2-normalised (sentence-transformers' pooling)."""
         out = []
