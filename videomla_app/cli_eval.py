@@ -16,6 +16,9 @@ from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 def eval_models(
     models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated model names.")] = "tiny,tiny-mha",
     seconds: Annotated[float, typer.Option(help="Video length per prompt, in seconds.")] = 120.0,
+    prompt_set: Annotated[str, typer.Option("--prompt-set", help="fixed: the 8 published prompts; motions: "
+                                                  "4 prompts per motion, to measure which motions a model "
+                                                  "follows.")] = "fixed",
     prompts: Annotated[int | None, typer.Option(help="Use the first N prompts of the set (0: none).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
     repeats: Annotated[int, typer.Option(help="Videos per prompt, each with its own seed (seed + i + j x "
@@ -26,6 +29,9 @@ def eval_models(
                                              "dense twin in --models).")] = False,
     warm_start: Annotated[float | None, typer.Option("--warm-start", help="Warm-start timestep for every model "
                                                           "(0 = off; default: each model's own).")] = None,
+    record: Annotated[bool, typer.Option(help="With --prompt-set motions: write each embedded model's "
+                                              "per-motion adherence into its model.json, which is what "
+                                              "generate warns from.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
 ) -> None:
@@ -37,8 +43,10 @@ def eval_models(
       videomla eval --seconds 30 --prompts 2 --json eval.json
       videomla eval --ranks --prompts 0               # only the rank analysis (seconds)
       videomla eval --seconds 30 --repeats 4          # 32 videos: half the error at the same cost
+      videomla eval --prompt-set motions --seconds 8 --record   # which motions each model follows
     """
     from .eval_metrics import WINDOW_S
+    from .eval_follows import motion_prompts
     from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
     from .models import ModelUnavailable, check_warm_start, get_entry, resolve_device, resolve_dtype
 
@@ -50,9 +58,15 @@ def eval_models(
             get_entry(name)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    n = len(PROMPTS) if prompts is None else prompts
-    if not 0 <= n <= len(PROMPTS):
-        raise UsageError(f"--prompts must be between 0 and {len(PROMPTS)}, got {n}")
+    sets = {"fixed": PROMPTS, "motions": motion_prompts()}
+    if prompt_set not in sets:
+        raise UsageError(f"--prompt-set must be one of {', '.join(sets)}, got {prompt_set!r}")
+    if record and prompt_set != "motions":
+        raise UsageError("--record writes what --prompt-set motions measures: add --prompt-set motions")
+    chosen = sets[prompt_set]
+    n = len(chosen) if prompts is None else prompts
+    if not 0 <= n <= len(chosen):
+        raise UsageError(f"--prompts must be between 0 and {len(chosen)}, got {n}")
     if not seconds > 0 or seconds > 3600:
         raise UsageError(f"--seconds must be more than 0 and at most 3600, got {seconds:g}")
     if not WINDOW_S <= segment <= 3600:
@@ -78,7 +92,7 @@ def eval_models(
     if n == 0 and not ranks:
         raise UsageError("--prompts 0 without --ranks leaves nothing to do")
     try:
-        report = evaluate_models(names, PROMPTS[:n], seconds, seed, segment_s=segment, device=device,
+        report = evaluate_models(names, chosen[:n], seconds, seed, segment_s=segment, device=device,
                                  dtype=dtype, ranks=ranks, progress=lambda line: err.print(line, highlight=False),
                                  repeats=repeats, warm_start=warm_start)
     except ModelUnavailable as e:
@@ -93,9 +107,31 @@ def eval_models(
         except OSError as e:
             raise RuntimeFailure(f"cannot write {json_path}: {e}") from None
         out.print(f"wrote {json_path}", highlight=False)
+    if record and not report.get("interrupted"):
+        _record_follows(report)
     if report.get("interrupted"):
         done = ", ".join([f"{m} {len(r['prompts'])} of {r.get('videos_planned', len(r['prompts']))} videos"
                           for m, r in report["results"].items()]
                          + [f"{m} not started" for m in names if m not in report["results"]])
         err.print(f"interrupted: the report covers what finished ({done})", highlight=False)
         raise typer.Exit(130)
+
+
+def _record_follows(report: dict) -> None:
+    """--record: each embedded model's per-motion adherence into its shipped model.json."""
+    from .eval_follows import motion_follows, record_follows
+    from .models import assets_dir
+
+    for name, result in report["results"].items():
+        target = assets_dir() / name / "model.json"
+        if not target.is_file():
+            err.print(f"{name}: not an embedded model (no {target}): nothing recorded", highlight=False,
+                      soft_wrap=True)
+            continue
+        follows = motion_follows(result)
+        try:
+            record_follows(target, follows)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot write {target}: {e}") from None
+        rates = ", ".join(f"{m} {r:.0f} %" for m, r in follows["motion"].items())
+        out.print(f"recorded in {target}: {rates}", highlight=False, soft_wrap=True)

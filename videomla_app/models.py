@@ -223,4 +223,6 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
         text = ToyTextEncoder(spec["text_dim"], spec["text_len"])
     else:
         text = MiniLMTextEncoder(text_len=spec["text_len"], device=dev)
-    return StreamingPipeline(preset, model, text, ae, device=dev, dtype=dt, recache=recache)
+    pipe = StreamingPipeline(preset, model, text, ae, device=dev, dtype=dt, recache=recache)
+    pipe.follows = spec.get("follows")
+    return pipe

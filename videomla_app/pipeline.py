@@ -86,6 +86,10 @@ class ChunkEvent:
 class StreamingPipeline:
     """Generates a video chunk by chunk with a causal DiT and a rolling KV cache."""
 
+    # What the loaded weights were measured to follow (model.json "follows", eval_follows.py); None:
+    # not measured (random and downloaded models). Prompt warnings read it; generation does not.
+    follows: dict | None = None
+
     def __init__(self, preset: Preset, model: CausalDiT, text_encoder: TextEncoder, vae: VideoVAE, *,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  recache: bool = False, batch: int = 1) -> None:

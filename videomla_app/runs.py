@@ -160,11 +160,14 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
     "" has none) that is far from every training caption, names words no caption contains (a
     prompt can be close overall and still ask for a "dragon"), or whose end falls past the token
     states the model reads (which then likely ignores it). A warned prompt that names every
-    attribute a caption names gets one more line: the same request as a training caption.
+    attribute a caption names gets one more line: the same request as a training caption. A prompt
+    asking for a motion the model was measured to seldom draw (model.json "follows") is told which
+    motions it does draw.
 
     Only models with a real sentence encoder are checked; the dev models' toy encoder has no notion
     of similarity.
     """
+    from .eval_follows import follows_warning
     from .text_encoder import MiniLMTextEncoder, check_prompt
 
     if not isinstance(pipe.text_encoder, MiniLMTextEncoder):
@@ -199,6 +202,10 @@ def prompt_warnings(pipe, prompts: Timeline | str) -> list[str]:
                        f'so "{tail}" is likely ignored; shorten the prompt or move what matters to the front')
         if len(out) > before and (fitted := world.in_caption_words(prompt)) and fitted != prompt.lower():
             out.append(f'"{prompt}": in the words it was trained on, that is "{fitted}"')
+        # last, and not a reason for the line above: the words are fine, the model is not
+        follows = getattr(pipe, "follows", None)
+        if follows and (motion := follows_warning(pipe.preset.name, follows, prompt)):
+            out.append(f'"{prompt}": {motion}')
     return out
 
 
