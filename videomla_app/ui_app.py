@@ -38,10 +38,20 @@ CSS = """
 def example_prompts() -> list[str]:
     """The evaluation's prompts: every word is in the training captions, each is read in full (no
     warning when clicked), and how well ``tiny`` follows each is published (``videomla eval``).
-    Random training captions were shown before, and some ran past the 15 tokens ``tiny`` reads."""
+    Random training captions were shown before, and some ran past the 15 tokens ``tiny`` reads.
+    Ordered by how often ``tiny`` follows the motion each asks for (model.json "follows"), so the
+    first ones shown are those it draws as asked; the rest get the motion warning when run."""
+    import json
+
+    from . import world
     from .evaluate import PROMPTS
 
-    return list(PROMPTS)
+    try:
+        follows = json.loads((assets_dir() / "tiny" / "model.json").read_text()).get("follows") or {}
+    except (OSError, ValueError):  # a build without the embedded model: the eval order
+        follows = {}
+    rates = follows.get("motion") or {}
+    return sorted(PROMPTS, key=lambda p: -rates.get(world.parse_prompt(p).get("motion"), 0.0))
 
 
 def model_choices() -> list[tuple[str, str]]:
