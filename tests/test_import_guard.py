@@ -46,3 +46,30 @@ def test_without_a_real_kernels_package_the_name_is_blocked():
              "try:\n    import kernels\nexcept ImportError:\n    print('ImportError')")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["None", "None", "ImportError"]
+
+
+def test_installed_next_to_hugging_face_kernels_it_leaves_them_alone(tmp_path):
+    """Installed without -e, videomla_app sits in site-packages beside the real ``kernels``: that
+    one is not our folder (it lacks our kernel files) and must stay importable."""
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "videomla_app", site / "videomla_app", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "kernels").mkdir()
+    (site / "kernels" / "__init__.py").write_text("MARK = 'hugging face'\n")
+    r = subprocess.run([sys.executable, "-c", "import videomla_app, kernels; print(kernels.MARK)"], cwd=tmp_path,
+                       env={**ENV, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "hugging face"
+
+
+def test_a_deleted_working_folder_does_not_break_the_import(tmp_path):
+    code = ("import os, sys, tempfile\n"
+            "d = tempfile.mkdtemp(dir=sys.argv[1]); os.chdir(d); os.rmdir(d); sys.path.insert(0, '')\n"
+            "import videomla_app, importlib.util\n"
+            "spec = importlib.util.find_spec('kernels')\n"
+            "print('ok', spec.origin if spec else None)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path,
+                       env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "ok" and r.stdout.split()[1] != str(ROOT / "kernels" / "__init__.py")

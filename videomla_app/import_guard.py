@@ -18,39 +18,61 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-OUR_KERNELS = REPO_ROOT / "kernels" / "__init__.py"
+# Files only our folder has: installed without -e, the `kernels` in site-packages is Hugging Face's.
+OUR_FILES = ("mla_attention.py", "reference.py")
 
 
-def _elsewhere() -> list[str]:
-    """``sys.path`` without the entries that are the repository root ('' is the working folder)."""
-    return [p for p in sys.path if isinstance(p, str) and Path(p or os.getcwd()).resolve() != REPO_ROOT]
+def _ours(origin: str | None) -> Path | None:
+    """The folder that holds ``kernels/`` when ``origin`` is our ``kernels/__init__.py``, else None."""
+    if origin is None:
+        return None
+    folder = Path(origin).resolve().parent
+    return folder.parent if all((folder / f).is_file() for f in OUR_FILES) else None
+
+
+def _elsewhere(root: Path) -> list[str]:
+    """``sys.path`` without the entries that are ``root`` ('' is the working folder; a deleted one is
+    skipped, as Python's import system does)."""
+    out = []
+    for p in sys.path:
+        if not isinstance(p, str):
+            continue
+        try:
+            if Path(p or os.getcwd()).resolve() != root:
+                out.append(p)
+        except OSError:
+            continue
+    return out
 
 
 class _RealKernels(importlib.abc.MetaPathFinder):
-    """Finds ``kernels`` on ``sys.path`` as if the repository root were not on it."""
+    """Finds ``kernels`` on ``sys.path`` as if ``root`` (the folder holding ours) were not on it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
     def find_spec(self, name, path=None, target=None):
         if name != "kernels":
             return None
-        return importlib.machinery.PathFinder.find_spec(name, _elsewhere())
+        return importlib.machinery.PathFinder.find_spec(name, _elsewhere(self.root))
 
 
 def guard_kernels_name() -> str | None:
     """When ``import kernels`` would load our folder: point it at the real package if one is
     installed ("redirected"), else block it ("blocked": a None in ``sys.modules`` makes
     ``find_spec`` answer None and the import raise ImportError, which is what the libraries'
-    checks for an absent package expect). Returns None when there was nothing to do."""
+    checks for an absent package expect). Returns None when there was nothing to do; never raises
+    (it runs when ``videomla_app`` is imported)."""
     if "kernels" in sys.modules or any(isinstance(f, _RealKernels) for f in sys.meta_path):
         return None
     try:
-        spec = importlib.util.find_spec("kernels")
-    except (ImportError, ValueError):
+        root = _ours(getattr(importlib.util.find_spec("kernels"), "origin", None))
+        if root is None:
+            return None
+        if importlib.machinery.PathFinder.find_spec("kernels", _elsewhere(root)) is not None:
+            sys.meta_path.insert(0, _RealKernels(root))
+            return "redirected"
+    except (ImportError, ValueError, OSError):  # a broken path entry, a deleted working folder
         return None
-    if spec is None or spec.origin is None or Path(spec.origin).resolve() != OUR_KERNELS:
-        return None
-    if importlib.machinery.PathFinder.find_spec("kernels", _elsewhere()) is not None:
-        sys.meta_path.insert(0, _RealKernels())
-        return "redirected"
     sys.modules["kernels"] = None  # type: ignore[assignment]
     return "blocked"
