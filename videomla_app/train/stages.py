@@ -141,17 +141,23 @@ class LatentData:
             captions = ["" if d else c for c, d in zip(captions, drop)]
         with torch.no_grad():
             x0 = self.ae.encode_clips(got.frames)  # [B, F, C, h, w], normalised, on dev
+        if hasattr(self.text, "encode_batched"):
+            # MiniLM: one padded call for the whole step (per-caption calls were a third of a GPU
+            # step), and no cache: a caption's states then depend on the step alone, not on which
+            # captions an earlier step happened to encode, so a resumed run stays bit-exact.
+            text = self.text.encode_batched(captions).to(dev)  # [B, L, D]
+            return x0, text, self._weight(got)
         missing = [c for c in dict.fromkeys(captions) if c not in self._states]
-        if missing:
-            # one padded call when the encoder has it (MiniLM): per-caption calls were a third of a GPU step
-            encode = getattr(self.text, "encode_batched", self.text.encode)
-            for c, s in zip(missing, encode(missing)):
-                self._states[c] = s.to(dev)
-        weight = None
-        if got.cover is not None:
-            cover = torch.from_numpy(got.cover)[:, :, None].to(dev)  # [B, F, 1, h, w]
-            weight = 1.0 + self.recipe.object_weight * cover
-        return x0, torch.stack([self._states[c] for c in captions]), weight
+        for c, s in zip(missing, self.text.encode(missing)):
+            self._states[c] = s.to(dev)
+        return x0, torch.stack([self._states[c] for c in captions]), self._weight(got)
+
+    def _weight(self, got) -> torch.Tensor | None:
+        """The per-latent-pixel loss weight [B, F, 1, h, w] (None: the recipe weights nothing)."""
+        if got.cover is None:
+            return None
+        cover = torch.from_numpy(got.cover)[:, :, None].to(self.ae.device)  # [B, F, 1, h, w]
+        return 1.0 + self.recipe.object_weight * cover
 
     def close(self) -> None:
         self.clips.close()
