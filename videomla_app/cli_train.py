@@ -106,6 +106,8 @@ def train(
             raise RuntimeFailure(f"{e}; ship reads the steps each stage ran from it, so nothing was shipped") from None
         for f in written:
             out.print(f"wrote {f}")
+        out.print("the new weights carry no per-motion measurement, so prompts get no motion warning: "
+                  "videomla eval --prompt-set motions --seconds 8 --record", highlight=False)
         return
     from .models import ModelUnavailable, resolve_device
 

@@ -69,7 +69,7 @@ def follows_warning(model: str, follows: dict | None, prompt: str) -> str | None
     tested = f"{n} test videos" if n else "its test videos"
     good = sorted(((r, m) for m, r in rates.items() if r >= FOLLOWED), reverse=True)
     does = (f"motions it follows: {', '.join(f'{_phrase(m)} ({r:.0f} %)' for r, m in good)}" if good
-            else "it follows no motion over half of the time")
+            else f"it follows no motion {FOLLOWED:.0f} % of the time")
     return f'{model} followed "{_phrase(str(motion))}" {rates[motion]:.0f} % of the time in {tested}; {does}'
 
 
