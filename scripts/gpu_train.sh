@@ -18,9 +18,9 @@
 # About 8.6 minutes with the defaults, which leave a machine start (1-2 min) and a margin inside
 # the 15: the first run (H200, 2026-12-04, BUDGET=6) took 430 s, 35 s of it outside the budget.
 # Knobs (environment): BUDGET (training minutes, 8), BATCH (32), DEVICE (cuda), RECIPE (tiny),
-# WORKERS (render worker processes, 8; auto: the fastest of 0, 8 and cores - 2, those that fit,
-# in a throughput measurement), BENCH_STEPS (0; > 0 measures first), EVAL_SECONDS (0; > 0 also
-# evaluates both models there), KEEP_AE (1: reuse assets/ae.safetensors).
+# WORKERS (render worker processes; auto: 8, or cores - 2 where fewer; with BENCH_STEPS > 0 the
+# fastest of 0, 8 and cores - 2 in a throughput measurement), BENCH_STEPS (0), EVAL_SECONDS (0;
+# > 0 also evaluates both models there), KEEP_AE (1: reuse assets/ae.safetensors).
 # Why these defaults, measured on the H200 (16 cores) at batch 32: 8 render workers ran a stage-1
 # step in 0.146 s, 14 in 0.196 s (40 steps after 20 of warm-up; the main process needs cores too);
 # a 10-step measurement misleads (the first steps are served from clips queued at start-up) and
@@ -34,7 +34,7 @@ BUDGET=${BUDGET:-8}
 BATCH=${BATCH:-32}
 DEVICE=${DEVICE:-cuda}
 RECIPE=${RECIPE:-tiny}
-WORKERS=${WORKERS:-8}
+WORKERS=${WORKERS:-auto}
 BENCH_STEPS=${BENCH_STEPS:-0}
 EVAL_SECONDS=${EVAL_SECONDS:-0}
 KEEP_AE=${KEEP_AE:-1}
