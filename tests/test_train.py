@@ -161,6 +161,15 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     (tmp_path / "ae.ckpt.pt").unlink()
     card = write_card(tmp_path, tmp_path / "assets", r).read_text()
     assert "| ae |" not in card and "Stage 0 has no record in this run (no autoencoder checkpoint or log)" in card
+    # fresh weights carry no per-motion measurement; once recorded, the card shows it
+    assert "## Motions each model follows" not in card
+    from videomla_app.eval_follows import record_follows
+
+    record_follows(tmp_path / "assets" / "tiny" / "model.json",
+                   {"motion": {"left": 3.1, "circling": 68.8}, "videos": {"left": 8, "circling": 8}, "seconds": 8.0})
+    card = write_card(tmp_path, tmp_path / "assets", r).read_text()
+    assert "over 8 prompts per motion (8 s each" in card
+    assert "| model | left | circling |\n|---|---|---|\n| `tiny` | 3 | 69 |\n" in card and "`tiny-mha` |" not in card
 
 
 def test_ship_and_card_refuse_a_folder_without_a_finished_run(tmp_path, monkeypatch):

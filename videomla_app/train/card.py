@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..atomic import replacing
+from ..eval_follows import FOLLOWED
 from .loop import read_checkpoint_log
 from .stages import STAGES, Recipe
 
@@ -156,6 +157,32 @@ def _devices(logs: dict[str, dict]) -> str:
     return " and ".join(found) if found else "a 2-core CPU"
 
 
+def follows_table(assets: Path, models: tuple[str, ...] = ("tiny", "tiny-mha")) -> str | None:
+    """The shipped models' per-motion adherence (model.json "follows", ``eval --prompt-set motions
+    --record``) as a markdown section; None when no model has it (fresh weights are not measured)."""
+    measured = {}
+    for name in models:
+        try:
+            follows = json.loads((assets / name / "model.json").read_text()).get("follows")
+        except (OSError, ValueError):
+            follows = None
+        if follows and follows.get("motion"):
+            measured[name] = follows
+    if not measured:
+        return None
+    motions = list(dict.fromkeys(m for f in measured.values() for m in f["motion"]))
+    rows = [f"| `{name}` | " + " | ".join(f"{f['motion'][m]:.0f}" if m in f["motion"] else "–" for m in motions) + " |"
+            for name, f in measured.items()]
+    first = next(iter(measured.values()))
+    n = max((first.get("videos") or {}).values(), default=0)
+    return "\n".join([
+        "## Motions each model follows (`videomla eval --prompt-set motions --seconds 8 --record`)", "",
+        f"% of reader windows that read the motion asked, over {n} prompts per motion ({first['seconds']:g} s each; "
+        f"shape, colour, size, count and scene random). `generate` warns about a prompt whose motion is under "
+        f"{FOLLOWED:g}.", "",
+        "| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions), *rows, ""])
+
+
 def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | None = None,
                command: str | None = None, notes: str | None = None) -> Path:
     """Write ``assets/MODEL_CARD.md`` and ``assets/loss_curve.png``; returns the card's path.
@@ -201,6 +228,8 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
                  "Scores are 0–100, higher is better; columns are 15-second segments. Adherence is read from the "
                  "pixels by the world's readers (colour, count, motion, scene, shape); quality compares frame "
                  "statistics with rendered ground truth of the same prompt.", "", eval_table(eval_report)]
+    if motions := follows_table(assets):
+        text += [motions]
     card = assets / "MODEL_CARD.md"
     with replacing(card) as tmp:  # the shipped card is never left half written
         tmp.write_text("\n".join(text) + "\n")
