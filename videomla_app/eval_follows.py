@@ -49,6 +49,15 @@ def motion_follows(result: dict) -> dict:
             "videos": {m: len(v) for m, v in scores.items()}, "seconds": result["seconds"]}
 
 
+def read_follows(model_json: Path) -> dict | None:
+    """A shipped model.json's "follows"; None when it was not measured or there is no readable file
+    (a build without that model), which every reader treats as "nothing to say"."""
+    try:
+        return json.loads(model_json.read_text()).get("follows")
+    except (OSError, ValueError):
+        return None
+
+
 def record_follows(model_json: Path, follows: dict) -> None:
     """Write ``follows`` into a shipped ``model.json`` (atomically; the rest of the file kept)."""
     spec = json.loads(model_json.read_text())

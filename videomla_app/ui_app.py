@@ -41,16 +41,11 @@ def example_prompts() -> list[str]:
     Random training captions were shown before, and some ran past the 15 tokens ``tiny`` reads.
     Ordered by how often ``tiny`` follows the motion each asks for (model.json "follows"), so the
     first ones shown are those it draws as asked; the rest get the motion warning when run."""
-    import json
-
     from . import world
+    from .eval_follows import read_follows
     from .evaluate import PROMPTS
 
-    try:
-        follows = json.loads((assets_dir() / "tiny" / "model.json").read_text()).get("follows") or {}
-    except (OSError, ValueError):  # a build without the embedded model: the eval order
-        follows = {}
-    rates = follows.get("motion") or {}
+    rates = (read_follows(assets_dir() / "tiny" / "model.json") or {}).get("motion") or {}  # none: eval order
     return sorted(PROMPTS, key=lambda p: -rates.get(world.parse_prompt(p).get("motion"), 0.0))
 
 

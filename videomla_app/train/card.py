@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..atomic import replacing
-from ..eval_follows import FOLLOWED
+from ..eval_follows import FOLLOWED, read_follows
 from .loop import read_checkpoint_log
 from .stages import STAGES, Recipe
 
@@ -162,10 +162,7 @@ def follows_table(assets: Path, models: tuple[str, ...] = ("tiny", "tiny-mha")) 
     --record``) as a markdown section; None when no model has it (fresh weights are not measured)."""
     measured = {}
     for name in models:
-        try:
-            follows = json.loads((assets / name / "model.json").read_text()).get("follows")
-        except (OSError, ValueError):
-            follows = None
+        follows = read_follows(assets / name / "model.json")
         if follows and follows.get("motion"):
             measured[name] = follows
     if not measured:
