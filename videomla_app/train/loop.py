@@ -139,10 +139,11 @@ def load_checkpoint(path: Path) -> dict:
 
 def read_checkpoint_log(path: Path) -> dict:
     """A checkpoint's record without its weights: step, wall time, loss log, config (as it ran,
-    budget-sized or not) and the device it trained on (None for checkpoints older than that)."""
+    budget-sized or not), the device it trained on and the weights it started from (``init``: None for
+    the stage's own initialisation, and for checkpoints older than these fields)."""
     st = load_checkpoint(path)
     return {"step": int(st["step"]), "elapsed_s": float(st["elapsed"]), "log": json.loads(st["log"]),
-            "config": json.loads(st["config"]), "device": st.get("device")}
+            "config": json.loads(st["config"]), "device": st.get("device"), "init": st.get("init")}
 
 
 def device_label(device: torch.device) -> str:
@@ -180,6 +181,7 @@ class Trainer:
         self.step, self.log, self.elapsed = 0, [], 0.0
         self.sized = False  # steps set by a time budget (saved, so a resume keeps the schedule)
         self.probing = False  # timing steps before sizing: the rate ramps but does not decay yet
+        self.init: str | None = None  # the weights the run started from, when not its own init (for the card)
 
     @property
     def ckpt_path(self) -> Path:
@@ -200,6 +202,8 @@ class Trainer:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                  "elapsed": self.elapsed, "log": json.dumps(self.log), "config": json.dumps(asdict(self.cfg)),
                  "sized": self.sized, "device": device_label(next(self.model.parameters()).device)}
+        if self.init is not None:
+            state["init"] = self.init
         with replacing(self.ckpt_path) as tmp:
             torch.save(state, tmp)
 
@@ -221,6 +225,7 @@ class Trainer:
                                   f"{type(self.model).__name__}; another recipe's, or another stage's file): resume with "
                                   "the recipe that wrote it, or use another --out") from None
         self.step, self.elapsed, self.log = state["step"], state["elapsed"], json.loads(state["log"])
+        self.init = state.get("init")
         if state.get("sized", False):  # a budget-sized run continues its own schedule
             saved = json.loads(state["config"])
             sized = {k: saved[k] for k in ("steps", "warmup", "warmup_from", "warmup_rate") if k in saved}

@@ -93,6 +93,20 @@ RECIPES: dict[str, Recipe] = {
         distill_train=TrainConfig(steps=4, batch=2, lr=1e-3, warmup=1, ckpt_every=2, bf16=False),
         ae_clip_frames=4, dit_clip_frames=4, frame_size=32, stats_clips=2),
 }
+# The tiny recipe for minutes on a lent GPU (scripts/gpu_train.sh: batch 32, --budget-minutes,
+# stage 1 continued from the CPU-trained weights with --mha-from). Same model, data and losses; what
+# changes is what a budget is spent on. The budget split of the CPU run (stage 1 two thirds) left
+# stage 2 61 steps on the H200, ending at loss 0.48 where the CPU's 500 reached 0.27: the MLA model
+# has to win back what the spectral conversion loses (loss 2.1 after it), so here stage 2 gets a
+# fifth of the time and guidance distillation, which converged in 41 steps there (0.0075; the CPU's
+# 400 steps 0.008), the least. Rates for batch 32: a warm restart of stage 1 at 3e-4 (the CPU run
+# restarted at 2.2e-4 with batch 4), and about 1.5x the CPU's fine-tune rates for 8x its batch.
+RECIPES["tiny-gpu"] = replace(
+    RECIPES["tiny"], name="tiny-gpu",
+    mha_train=replace(RECIPES["tiny"].mha_train, lr=3e-4),
+    mla_train=replace(RECIPES["tiny"].mla_train, lr=3e-4),
+    distill_train=replace(RECIPES["tiny"].distill_train, lr=1.5e-4),
+    budget_shares=(("ae", 70), ("mha", 45), ("mla", 20), ("twin", 8), ("mla-cfg", 6), ("twin-cfg", 6)))
 
 
 def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float | None = None,
@@ -163,20 +177,31 @@ class LatentData:
         self.clips.close()
 
 
+class StartWeightsError(ValueError):
+    """``mha_from`` weights that cannot start stage 1: unreadable, or another model's."""
+
+
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0,
-              fit_until: float | None = None):
+              fit_until: float | None = None, mha_from: Path | None = None):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
     (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3). ``fit_until``: a
-    ``time.monotonic()`` deadline to size the step count to (``Trainer.run``)."""
+    ``time.monotonic()`` deadline to size the step count to (``Trainer.run``).
+
+    ``mha_from``: stage 1 continues from these dense weights instead of random ones (a fresh
+    optimizer and the stage's whole schedule), so a run lent a GPU for minutes builds on the hours of
+    CPU training behind the shipped weights instead of starting over; the card records the file."""
     limits = (max_minutes, fit_until)
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
     if kind in DISTILLED_FROM:
         return _distill(kind, recipe, cfg, preset, out, ae, text_encoder, resume, limits, quiet, workers)
+    start = None
     if kind == "mha":
         model = build_model(preset.model, seed=cfg.seed)
+        if mha_from is not None:
+            start = _load_start(model, mha_from)
     elif kind == "twin":
         model = build_model(preset.model)
         model.load_state_dict(_weights(out / "mha.safetensors"))
@@ -190,7 +215,28 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
         x0, text, weight = data.batch(step)
         return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight)
 
-    return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data)
+    return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data, start)
+
+
+def _load_start(model: torch.nn.Module, path: Path) -> str:
+    """Load ``path`` (safetensors, any float dtype: shipped weights are bf16) into ``model`` as fp32;
+    returns how the card names it: the file name and the start of its SHA-256."""
+    import hashlib
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise StartWeightsError(f"--mha-from {path}: not readable safetensors weights ({e})") from None
+    try:
+        model.load_state_dict({k: v.float() for k, v in weights.items()})
+    except RuntimeError:
+        raise StartWeightsError(f"--mha-from {path}: not weights of this recipe's dense model (names or shapes "
+                                "differ); use a run's mha.safetensors or a tiny-mha model.safetensors") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"{path.name} (sha256 {digest}…)"
 
 
 def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: Path, ae: CausalVideoAE,
@@ -214,10 +260,12 @@ def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: P
 
 
 def _run(kind: str, model: torch.nn.Module, cfg: TrainConfig, out: Path, loss, resume: bool,
-         limits: tuple[float | None, float | None], quiet: bool, data: LatentData):
+         limits: tuple[float | None, float | None], quiet: bool, data: LatentData, start: str | None = None):
     """Train (or resume) a DiT stage; its final weights go to ``out/<kind>.safetensors``.
-    ``limits``: (stop after minutes, size the steps to end by this monotonic time), either None."""
+    ``limits``: (stop after minutes, size the steps to end by this monotonic time), either None;
+    ``start``: the weights it started from, when not its own init (a resumed run keeps its record)."""
     trainer = Trainer(kind, model, cfg, out, loss)
+    trainer.init = start
     if resume:
         trainer.resume()
     try:
