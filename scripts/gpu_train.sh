@@ -11,8 +11,11 @@
 #           git show 2d9aea8:assets/tiny-mha/model.safetensors > .carry/mha.safetensors   (optional, 14 MB:
 #           the CPU run's final stage-1 weights, 4,000 steps; stage 1 then goes on from them)
 #   there:  bash scripts/gpu_train.sh            (device `run`, carry [".carry"], timeout_s 600)
-#   $OUT:   log.txt  train_logs.json  (eval.json with EVAL_SECONDS > 0)
+#   $OUT:   log.txt  train_logs.json  (eval.json with EVAL_SECONDS > 0, else mha.safetensors)
 #           assets/ae.safetensors  assets/tiny/model.{safetensors,json}  assets/tiny-mha/model.{safetensors,json}
+#           mha.safetensors: this run's final stage-1 weights (bf16, 14 MB), which no shipped file
+#           holds (tiny-mha ships stage 4): kept as .carry/mha.safetensors, the next GPU run's stage 1
+#           goes on from them. The device returns 8 files, so an eval there leaves them behind.
 #   then:   VIDEOMLA_ASSETS=<files_at>/assets videomla eval --seconds 15 --repeats 4   (here, the real check)
 #           VIDEOMLA_ASSETS=<candidate assets> videomla train card --out <files_at> --eval <its eval json> \
 #               --command "bash scripts/gpu_train.sh"          (the card reads train_logs.json)
@@ -111,5 +114,11 @@ if [ "$EVAL_SECONDS" != 0 ]; then
   echo "== eval (8 prompts x ${EVAL_SECONDS} s, both models)"
   VIDEOMLA_ASSETS="$OUT/assets" $PY -m videomla_app eval --models tiny,tiny-mha --seconds "$EVAL_SECONDS" \
       --device "$DEVICE" --json "$OUT/eval.json"
+  echo "(the stage-1 weights stay behind: with eval.json they would be a ninth file)"
+else
+  $PY -c "import sys, torch; from safetensors.torch import load_file, save_file
+save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
+      "$RUN/mha.safetensors" "$OUT/mha.safetensors"
+  echo "wrote $OUT/mha.safetensors (stage 1, bf16: carry it as .carry/mha.safetensors to go on from it)"
 fi
 echo "== done $(date -u +%FT%TZ)"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from videomla_app.train.loop import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,3 +75,29 @@ def test_gpu_train_script_that_cannot_train_ships_nothing_but_returns_its_log(tm
     log = (out / "log.txt").read_text()
     assert "--batch must be between 1 and 1000000" in log
     assert "error: training did not finish (exit 2): nothing shipped" in log and "Traceback" not in log
+
+
+def test_gpu_train_script_returns_stage_one_and_goes_on_from_carried_weights(tmp_path):
+    """Without an eval there, the run's final stage-1 weights come back (bf16, the 8th file): no
+    shipped file holds them, and the next GPU run's stage 1 goes on from them (MHA_FROM)."""
+    from safetensors.torch import load_file
+
+    base = {**os.environ, "DEVICE": "cpu", "RECIPE": "smoke", "BUDGET": "0.3", "KEEP_AE": "0", "BENCH_STEPS": "0",
+            "EVAL_SECONDS": "0", "WORKERS": "0", "BATCH": "2", "PYTHON": sys.executable}
+
+    def run(name, **env):
+        out = tmp_path / name / "out"
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], capture_output=True, text=True,
+                           env={**base, "OUT": str(out), "RUN": str(tmp_path / name / "run"), **env}, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return out
+
+    first = run("first")
+    files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert len(files) == 8 and "mha.safetensors" in files
+    back, final = load_file(str(first / "mha.safetensors")), load_file(str(tmp_path / "first" / "run" / "mha.safetensors"))
+    assert back.keys() == final.keys() and all(torch.equal(back[k], v.to(torch.bfloat16)) for k, v in final.items())
+    second = run("second", MHA_FROM=str(first / "mha.safetensors"))
+    assert f"stage 1 from {first / 'mha.safetensors'}" in (second / "log.txt").read_text()
+    assert json.loads((second / "train_logs.json").read_text())["mha"]["init"].startswith("mha.safetensors (sha256 ")
+    assert json.loads((first / "train_logs.json").read_text())["mha"]["init"] is None
