@@ -10,6 +10,8 @@
 #   here:   python scripts/pack_minilm.py pack .carry/minilm
 #           git show 2d9aea8:assets/tiny-mha/model.safetensors > .carry/mha.safetensors   (optional, 14 MB:
 #           the CPU run's final stage-1 weights, 4,000 steps; stage 1 then goes on from them)
+#           rm assets/tiny*/model.safetensors   (27 MB: with .carry the tree would pass the 64 MiB that
+#           travels; only assets/ae.safetensors is used there. `git checkout assets` brings them back)
 #   there:  bash scripts/gpu_train.sh            (device `run`, carry [".carry"], timeout_s 600)
 #   $OUT:   log.txt  train_logs.json  (eval.json with EVAL_SECONDS > 0, else mha.safetensors)
 #           assets/ae.safetensors  assets/tiny/model.{safetensors,json}  assets/tiny-mha/model.{safetensors,json}
