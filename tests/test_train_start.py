@@ -69,10 +69,11 @@ def test_mha_from_errors_are_one_line(tmp_path):
     assert not (out / "mha.ckpt.pt").exists()  # nothing trained, nothing to --resume by mistake
 
 
-def test_tiny_gpu_is_the_tiny_recipe_with_another_time_split_and_rates():
+def test_tiny_gpu_is_the_tiny_recipe_with_another_time_split_rates_and_sampler():
     tiny, gpu = RECIPES["tiny"], RECIPES["tiny-gpu"]
     differ = {f.name for f in fields(tiny) if getattr(tiny, f.name) != getattr(gpu, f.name)}
-    assert differ == {"name", "mha_train", "mla_train", "distill_train", "budget_shares"}
+    assert differ == {"name", "mha_train", "mla_train", "distill_train", "budget_shares", "warm_start"}
+    assert gpu.warm_start == 0  # measured on the weights it made (the shipped ones)
     for stage in ("mha_train", "mla_train", "distill_train"):  # only the learning rate moves
         assert replace(getattr(gpu, stage), lr=getattr(tiny, stage).lr) == getattr(tiny, stage)
     assert gpu.budget_share("mla") > gpu.budget_share("twin") > gpu.budget_share("mla-cfg")
