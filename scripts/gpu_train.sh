@@ -118,9 +118,8 @@ if [ "$EVAL_SECONDS" != 0 ]; then
       --device "$DEVICE" --json "$OUT/eval.json"
   echo "(the stage-1 weights stay behind: with eval.json they would be a ninth file)"
 else
-  $PY -c "import sys, torch; from safetensors.torch import load_file, save_file
-save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
-      "$RUN/mha.safetensors" "$OUT/mha.safetensors"
+  $PY -c "import sys; from pathlib import Path; from videomla_app.train.ship import save_bf16
+save_bf16(Path(sys.argv[1]), Path(sys.argv[2]))" "$RUN/mha.safetensors" "$OUT/mha.safetensors"
   echo "wrote $OUT/mha.safetensors (stage 1, bf16: carry it as .carry/mha.safetensors to go on from it)"
 fi
 echo "== done $(date -u +%FT%TZ)"

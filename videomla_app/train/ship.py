@@ -62,6 +62,14 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
     return [assets / rel for rel in staged]
 
 
+def save_bf16(src: Path, dst: Path) -> None:
+    """A stage's fp32 weights as the bf16 DiT file the app loads (half the bytes); also how
+    ``scripts/gpu_train.sh`` returns its stage-1 weights for the next run to go on from."""
+    weights = load_file(str(src))
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(dst),
+              metadata={"format": "videomla-dit/1"})
+
+
 def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder) -> list[Path]:
     """Write every shipped file under ``out``; returns their paths relative to it."""
     written = []
@@ -70,11 +78,9 @@ def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder) -> list[P
     written.append(Path("ae.safetensors"))
     for name, (stages, preset_field, warm_field) in EXPORTS.items():
         stage = next(s for s in stages if (run_dir / f"{s}.safetensors").is_file())
-        weights = load_file(str(run_dir / f"{stage}.safetensors"))
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"),
-                  metadata={"format": "videomla-dit/1"})
+        save_bf16(run_dir / f"{stage}.safetensors", folder / "model.safetensors")
         spec = {"preset": getattr(recipe, preset_field), "latent_channels": ae.latent_channels,
                 "latent_hw": list(ae.cfg.latent_hw), "text_dim": text_encoder.text_dim,
                 "text_len": text_encoder.text_len, "ae": "ae.safetensors",
