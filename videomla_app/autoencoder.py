@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +93,8 @@ AE_PRESETS: dict[str, AEConfig] = {
         AEConfig("ae-64-s8", frame_size=(64, 64), description="64x64 RGB -> 8x8x16 (the 2-hour demo size)"),
         AEConfig("ae-tiny", frame_size=(32, 32), latent_channels=8, widths=(8, 16, 16, 16),
                  blocks=(1, 1, 1, 1), description="~50k parameters, 32x32 frames: for unit tests"),
+        AEConfig("ae-tiny-t4", frame_size=(32, 32), latent_channels=8, widths=(8, 16, 16, 16),
+                 blocks=(1, 1, 1, 1), temporal_stride=4, description="ae-tiny with a 4x temporal stride"),
     )
 }
 
@@ -437,6 +439,38 @@ class CausalVideoAE(nn.Module):
         model.latent_std = tensors.pop("latent_std").float()
         model.load_state_dict(tensors)
         return model.to(device, dtype).eval()
+
+
+def restride(ae: CausalVideoAE, cfg: AEConfig | str) -> CausalVideoAE:
+    """``ae`` (temporal stride 1) as an autoencoder of ``cfg``'s temporal stride s that starts out as
+    ``ae`` sampled every s frames: its encoder gives exactly ``ae``'s latents of pixel frames
+    0, s, 2s, ... (each group's fuse keeps the group's last, most recent frame) and its decoder
+    starts by repeating each latent frame's features s times (its temporal convs after that still
+    mix neighbouring frames; the video's first frame decodes as at stride 1). Why: the temporal stride trains as a decoder-only stage
+    (``Recipe.ae_frozen_encoder``), so the latent space -- and with it every DiT trained on ``ae`` --
+    carries over unchanged, and the DiT sees s times the motion per latent frame.
+
+    ``cfg`` must equal ``ae.cfg`` but for its name, description and temporal stride."""
+    cfg = get_ae_config(cfg) if isinstance(cfg, str) else cfg
+    if ae.temporal_stride != 1:
+        raise ValueError(f"restride starts from a temporal stride of 1, got {ae.temporal_stride}")
+    if replace(cfg, name=ae.cfg.name, temporal_stride=1, description="") != replace(ae.cfg, description=""):
+        raise ValueError(f"autoencoder {ae.cfg.name} differs from {cfg.name} in more than the temporal stride")
+    new = CausalVideoAE(cfg).to(ae.device)
+    missing, unexpected = new.load_state_dict(ae.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("enc.time_down.", "dec.time_up.")) for k in missing), missing
+    s, c = cfg.temporal_stride, cfg.widths[-1]
+    eye = torch.eye(c, device=ae.device)[:, :, None, None]  # [c, c, 1, 1]
+    with torch.no_grad():
+        if s > 1:
+            fuse, expand = new.enc.time_down.fuse, new.dec.time_up.expand
+            fuse.weight.zero_()  # [c, s*c, 1, 1]: input block j is the group's frame j
+            fuse.weight[:, (s - 1) * c:] = eye
+            fuse.bias.zero_()
+            expand.weight.copy_(eye.repeat(s, 1, 1, 1))  # [s*c, c, 1, 1]: output block j is pixel frame j
+            expand.bias.zero_()
+    new.latent_mean, new.latent_std = ae.latent_mean.clone(), ae.latent_std.clone()
+    return new.to(ae.dtype).eval()
 
 
 def build_autoencoder(cfg: AEConfig | str = "ae-128-s8", *, seed: int = 0, device: torch.device | str = "cpu",

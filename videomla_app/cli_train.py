@@ -15,7 +15,8 @@ from .cli import RuntimeFailure, UsageError, app, err, friendly, out
 @friendly
 def train(
     stage: Annotated[str, typer.Argument(help="ae, mha, mla, twin, mla-cfg, twin-cfg, all, ship (export to assets/) or card (model card).")] = "all",
-    recipe: Annotated[str, typer.Option(help="Recipe: tiny (the shipped model), tiny-gpu (its budget split for minutes on a GPU) or smoke (seconds).")] = "tiny",
+    recipe: Annotated[str, typer.Option(help="Recipe: tiny (the CPU run), tiny-gpu (its budget split for minutes on a GPU), "
+                                             "tiny-t4-gpu (4 video frames per latent frame) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
@@ -33,6 +34,8 @@ def train(
                                                      "(default: 0 on the CPU, up to 8 on a GPU).")] = None,
     mha_from: Annotated[Path | None, typer.Option(
         help="mha/all: start stage 1 from these dense weights (a run's mha.safetensors) instead of random ones.")] = None,
+    ae_from: Annotated[Path | None, typer.Option(
+        help="ae/all: start stage 0 from this autoencoder (restrided to the recipe's temporal stride).")] = None,
 ) -> None:
     """Train the embedded model on the procedural world (bf16 autocast, seeded, resumable).
 
@@ -43,6 +46,8 @@ def train(
       videomla train all --out runs/gpu --device cuda --batch 32 --budget-minutes 8   # every stage, 8 min
       videomla train all --recipe tiny-gpu --out runs/gpu --device cuda --batch 32 --budget-minutes 8 \
           --mha-from runs/tiny/mha.safetensors                     # stage 1 goes on from CPU weights
+      videomla train all --recipe tiny-t4-gpu --out runs/t4 --device cuda --batch 32 --budget-minutes 8 \
+          --ae-from assets/ae.safetensors --mha-from runs/tiny/mha.safetensors   # 4x temporal stride
       videomla train ship --out runs/tiny                          # copy the weights into assets/
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
       videomla train card --out gpu_out --eval gpu_out/eval.json --command "bash scripts/gpu_train.sh"
@@ -72,11 +77,12 @@ def train(
         raise UsageError(f"--out {out_dir} is a file, not a folder")
     if workers is not None and not 0 <= workers <= 64:
         raise UsageError(f"--workers must be between 0 and 64, got {workers}")
-    if mha_from is not None:
-        if stage not in ("mha", "all"):
-            raise UsageError(f"--mha-from starts stage mha; stage {stage} does not use it")
-        if not mha_from.is_file():
-            raise UsageError(f"--mha-from {mha_from}: no such file")
+    for flag, path, starts in (("--mha-from", mha_from, "mha"), ("--ae-from", ae_from, "ae")):
+        if path is not None:
+            if stage not in (starts, "all"):
+                raise UsageError(f"{flag} starts stage {starts}; stage {stage} does not use it")
+            if not path.is_file():
+                raise UsageError(f"{flag} {path}: no such file")
     overrides = {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
     r = recipe_with(recipe, **overrides) if overrides else RECIPES[recipe]
     if stage == "card":
@@ -128,6 +134,10 @@ def train(
     if workers is None:
         workers = 0 if dev.type == "cpu" else max(0, min(8, usable_cores() - 2))
     todo = STAGES if stage == "all" else (stage,)
+    if r.ae_frozen_encoder and ae_from is None and "ae" in todo and not (stage == "all" and (out_dir / "ae.safetensors").is_file()):
+        # also on --resume: the start autoencoder's latent statistics are not in the checkpoint
+        raise UsageError(f"recipe {recipe!r} trains only the decoder of an autoencoder: give it with --ae-from "
+                         "(e.g. assets/ae.safetensors)")
     if stage != "all":
         rflag = "" if recipe == "tiny" else f" --recipe {recipe}"
         for need in NEEDS.get(stage, ()):
@@ -183,7 +193,8 @@ def train(
                 if weights("ae").exists() and stage == "all":
                     continue
                 until = deadline(s)
-                ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers, fit_until=until)
+                ae = train_ae(r, out_dir, resume, left(), device=dev, workers=workers, fit_until=until,
+                              ae_from=ae_from)
                 if not weights("ae").exists():
                     return unfinished("stopped before the end of stage ae")
                 continue

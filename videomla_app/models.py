@@ -219,6 +219,8 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
         raise ModelUnavailable(f"{name}: weights do not match the model ({len(missing)} missing, "
                                f"{len(unexpected)} unexpected tensors)")
     ae = CausalVideoAE.load(folder.parent / spec["ae"], device=dev, dtype=dt)
+    # The autoencoder decides how many video frames a latent frame makes (1, or 4 for a restrided one).
+    preset = replace(preset, video=replace(preset.video, temporal_stride=ae.temporal_stride))
     if spec["text_encoder"] == "toy":  # test builds (the smoke recipe) train with the toy encoder
         text = ToyTextEncoder(spec["text_dim"], spec["text_len"])
     else:

@@ -104,13 +104,19 @@ class StreamingPipeline:
         """Video time (s) at which latent frame ``frame`` starts."""
         return pixel_frames(frame, self.vae.temporal_stride) / self.preset.video.fps
 
-    def chunks_for_seconds(self, seconds: float) -> int:
-        """Whole chunks needed for at least ``seconds`` of video."""
+    def chunks_for_seconds(self, seconds: float, start: int = 0) -> int:
+        """Whole chunks needed for at least ``seconds`` more video from latent frame ``start`` (0: a
+        new video, whose first latent frame makes one video frame; later ones make the stride's)."""
         if not math.isfinite(seconds) or seconds <= 0:
             raise ValueError(f"duration must be a positive number of seconds, got {seconds}")
         target = math.ceil(seconds * self.preset.video.fps - 1e-9)
         ts = self.vae.temporal_stride
-        latents = target if ts == 1 else 1 + math.ceil(max(target - 1, 0) / ts)
+        if ts == 1:
+            latents = target
+        elif start == 0:
+            latents = 1 + math.ceil(max(target - 1, 0) / ts)
+        else:
+            latents = math.ceil(target / ts)
         return math.ceil(latents / self.C)
 
     # -- state ----------------------------------------------------------------------------------

@@ -230,4 +230,4 @@ def plan_extension(clip: Path, prompt: str, model: str, seed: int, device: str, 
     else:
         rec = continue_footage(clip, prompt, model, seed, device, dest, force)
     check_output(dest, force, estimate_bytes(rec.pipe, add_seconds))
-    return rec, rec.pipe.chunks_for_seconds(add_seconds)
+    return rec, rec.pipe.chunks_for_seconds(add_seconds, rec.state.frame)

@@ -198,7 +198,7 @@ def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | 
             first, last = loss_summary(lg)
             rows.append(f"| {s} | {lg['step']:,} | {cfg['batch']} | {cfg['lr']:g} | {lg['elapsed_s'] / 60:.0f} min | "
                         f"{first:.3f} → {last:.3f} |")
-    starts = [f"Stage {s} started from `{lg['init']}`, not from its own initialisation (`train --mha-from`): "
+    starts = [f"Stage {s} started from `{lg['init']}`, not from its own initialisation (`train --{s}-from`): "
               "its steps and time here are on top of that model's." for s, lg in logs.items() if lg.get("init")]
     text = [
         "# Model card: `tiny` (MLA) and `tiny-mha` (dense twin)", "",

@@ -58,6 +58,20 @@ def coverage_map(clips: np.ndarray, scenes: list[str], stride: int) -> np.ndarra
     return out
 
 
+def latent_cover(cover: np.ndarray, temporal_stride: int) -> np.ndarray:
+    """Object cover per pixel frame [B, F, h, w] -> per latent frame [B, f, h, w]: frame 0 alone, then
+    the most any of each group's ``temporal_stride`` frames covers (a latent pixel an object passes
+    through during its frames has to draw it), with Wan's frame mapping F = 1 + s (f - 1)."""
+    s = temporal_stride
+    if s == 1:
+        return cover
+    B, F, h, w = cover.shape
+    if (F - 1) % s:
+        raise ValueError(f"temporal stride {s} needs 1 + {s}k frames, got {F}")
+    rest = cover[:, 1:].reshape(B, (F - 1) // s, s, h, w).max(axis=2)  # [B, f - 1, h, w]
+    return np.concatenate([cover[:, :1], rest], axis=1)
+
+
 @dataclass(frozen=True)
 class ClipRequest:
     """What every step of a stage renders: ``batch`` clips of ``n_frames`` frames at ``frame_size``,

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..autoencoder import CausalVideoAE, build_autoencoder, reconstruction_loss
+from ..autoencoder import CausalVideoAE, build_autoencoder, reconstruction_loss, restride
 from ..config import Preset, get_preset
 from ..convert import convert_model
 from ..model import build_model
-from .data import ClipRequest, ClipSource, render_batch
+from ..encoders import pixel_frames
+from .data import ClipRequest, ClipSource, latent_cover, render_batch
 from .flow import flow_matching_loss
 from .guidance import guidance_distillation_loss
 from .loop import Trainer, TrainConfig
@@ -48,8 +49,12 @@ class Recipe:
     ae_train: TrainConfig
     mha_train: TrainConfig
     mla_train: TrainConfig
-    ae_clip_frames: int = 6
+    ae_clip_frames: int = 6  # pixel frames per autoencoder training clip (1 + s k with a temporal stride s)
     dit_clip_frames: int = 12  # latent frames per training clip (a multiple of the chunk)
+    # Stage 0 trains only the decoder of an autoencoder started from another one (``train ae
+    # --ae-from``, e.g. the stride-1 autoencoder restrided to 4): the latent space stays that
+    # autoencoder's, so the DiT weights trained on it (``--mha-from``) still fit.
+    ae_frozen_encoder: bool = False
     frame_size: int = 128
     stats_clips: int = 64  # clips used to fit the latent mean/std
     object_weight: float = 0.0  # extra DiT loss weight on latent pixels covered by objects (0: plain MSE)
@@ -110,29 +115,88 @@ RECIPES["tiny-gpu"] = replace(
     mla_train=replace(RECIPES["tiny"].mla_train, lr=3e-4),
     distill_train=replace(RECIPES["tiny"].distill_train, lr=1.5e-4),
     budget_shares=(("ae", 70), ("mha", 45), ("mla", 20), ("twin", 8), ("mla-cfg", 6), ("twin-cfg", 6)))
+# A 4x temporal stride, made on a lent GPU from the stride-1 pair. Straight motions failed at one
+# latent frame per video frame: an object there moves ~2 pixels (a quarter of a latent pixel) per
+# frame, so copying the last frame costs the flow loss almost nothing and the models learned to
+# (README, "Where it fails"). With 4 video frames per latent frame the DiT sees 4x the motion per
+# frame, its 6-frame window spans 1.5 s instead of 0.4, and a chunk makes 12 frames for the same
+# model calls. Stage 0 restrides the shipped autoencoder (`train ae --ae-from assets/ae.safetensors`)
+# and trains only its decoder, which learns to draw the 3 frames between latent frames; the latent
+# space is unchanged, so stage 1 goes on from the stride-1 dense weights (`--mha-from`).
+RECIPES["tiny-t4-gpu"] = replace(
+    RECIPES["tiny-gpu"], name="tiny-t4-gpu", ae="ae-128-s8-t4", ae_frozen_encoder=True, ae_clip_frames=13,
+    # a fine-tune of a trained decoder: 1e-3 (the from-scratch rate) raised the loss in a CPU trial,
+    # 2e-4 lowered it (60 steps at batch 4: 0.0417 -> 0.0398 on 16 held-out clips; stride 1: 0.0311)
+    ae_train=replace(RECIPES["tiny"].ae_train, lr=2e-4, warmup=50),
+    budget_shares=(("ae", 18), ("mha", 40), ("mla", 20), ("twin", 8), ("mla-cfg", 5), ("twin-cfg", 5)))
+RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
+                              ae_clip_frames=9, dit_clip_frames=4)
 
 
 def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float | None = None,
              quiet: bool = False, device: torch.device | str = "cpu", workers: int = 0,
-             fit_until: float | None = None) -> CausalVideoAE:
+             fit_until: float | None = None, ae_from: Path | None = None) -> CausalVideoAE:
     """Stage 0: the autoencoder, then its latent statistics; writes ``out/ae.safetensors``.
-    ``fit_until``: a ``time.monotonic()`` deadline to size the step count to (``Trainer.run``)."""
+    ``fit_until``: a ``time.monotonic()`` deadline to size the step count to (``Trainer.run``).
+
+    ``ae_from``: start from this autoencoder (a stride-1 one is restrided to the recipe's temporal
+    stride, :func:`~videomla_app.autoencoder.restride`) instead of random weights. With
+    ``recipe.ae_frozen_encoder`` only its decoder trains and its latent statistics are kept, so its
+    latents stay exactly those of ``ae_from`` (sampled every s frames)."""
     cfg = recipe.ae_train
-    ae = build_autoencoder(recipe.ae, seed=cfg.seed).to(device)
+    start = None
+    if ae_from is not None:
+        ae, start = _load_ae_start(recipe, ae_from)
+        ae = ae.to(device)
+    elif recipe.ae_frozen_encoder:
+        raise StartWeightsError(f"recipe {recipe.name!r} trains only the decoder: give the autoencoder "
+                                "to start from with --ae-from")
+    else:
+        ae = build_autoencoder(recipe.ae, seed=cfg.seed).to(device)
+    if recipe.ae_frozen_encoder:
+        ae.enc.requires_grad_(False)
+    ae.train()
     req = ClipRequest(recipe.frame_size, cfg.seed, cfg.batch, recipe.ae_clip_frames)
     with ClipSource(req, workers) as clips:
         def loss(model, step, gen):
             return reconstruction_loss(model, clips.get(step).frames)
 
         trainer = Trainer("ae", ae, cfg, out, loss)
+        trainer.init = start
         if resume:
             trainer.resume()
         trainer.run(max_minutes, quiet, fit_until)
     if trainer.step >= trainer.cfg.steps:
-        stats = render_batch(replace(req, batch=recipe.stats_clips), 10**6).frames
-        ae.fit_latent_stats(list(stats))
+        if not recipe.ae_frozen_encoder:  # a frozen encoder keeps its statistics, so its latents too
+            stats = render_batch(replace(req, batch=recipe.stats_clips), 10**6).frames
+            ae.fit_latent_stats(list(stats))
         ae.save(out / "ae.safetensors")
-    return ae
+    return ae.eval()
+
+
+def _load_ae_start(recipe: Recipe, path: Path) -> tuple[CausalVideoAE, str]:
+    """The autoencoder stage 0 starts from, as the recipe's autoencoder, and how the card names it."""
+    import hashlib
+
+    from ..autoencoder import get_ae_config
+
+    want = get_ae_config(recipe.ae)
+    from safetensors import SafetensorError
+
+    try:
+        ae = CausalVideoAE.load(path)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
+        raise StartWeightsError(f"--ae-from {path}: not a VideoMLA autoencoder file") from None
+    if ae.cfg.temporal_stride != want.temporal_stride:
+        try:
+            ae = restride(ae, want)
+        except ValueError as e:
+            raise StartWeightsError(f"--ae-from {path}: {e}") from None
+    if replace(ae.cfg, name=want.name, description="") != replace(want, description=""):
+        raise StartWeightsError(f"--ae-from {path}: autoencoder {ae.cfg.name} is not the recipe's {want.name} "
+                                "(sizes differ)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return ae, f"{path.name} (sha256 {digest}…)"
 
 
 class LatentData:
@@ -143,7 +207,8 @@ class LatentData:
                  workers: int = 0) -> None:
         self.recipe, self.ae, self.text, self.seed, self.n = recipe, ae.eval(), text_encoder, seed, batch
         stride = ae.spatial_stride if recipe.object_weight else None
-        self.clips = ClipSource(ClipRequest(recipe.frame_size, seed, batch, recipe.dit_clip_frames, stride), workers)
+        n_pix = pixel_frames(recipe.dit_clip_frames, ae.temporal_stride)  # Wan's 1 + s (f - 1)
+        self.clips = ClipSource(ClipRequest(recipe.frame_size, seed, batch, n_pix, stride), workers)
         self._states: dict[str, torch.Tensor] = {}
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -173,7 +238,8 @@ class LatentData:
         """The per-latent-pixel loss weight [B, F, 1, h, w] (None: the recipe weights nothing)."""
         if got.cover is None:
             return None
-        cover = torch.from_numpy(got.cover)[:, :, None].to(self.ae.device)  # [B, F, 1, h, w]
+        cover = latent_cover(got.cover, self.ae.temporal_stride)  # [B, F, h, w] per latent frame
+        cover = torch.from_numpy(cover)[:, :, None].to(self.ae.device)  # [B, F, 1, h, w]
         return 1.0 + self.recipe.object_weight * cover
 
     def close(self) -> None:
@@ -293,7 +359,7 @@ def dit_preset(recipe: Recipe, kind: str, ae: CausalVideoAE, text_encoder) -> Pr
 
 def recipe_text_encoder(recipe: Recipe, device: torch.device | str = "cpu"):
     """The text encoder a recipe trains with: the toy one for the smoke recipe, MiniLM otherwise."""
-    if recipe.name == "smoke":
+    if recipe.name.startswith("smoke"):
         from ..encoders import ToyTextEncoder
 
         return ToyTextEncoder(32, 8)
