@@ -446,9 +446,11 @@ def restride(ae: CausalVideoAE, cfg: AEConfig | str) -> CausalVideoAE:
     ``ae`` sampled every s frames: its encoder gives exactly ``ae``'s latents of pixel frames
     0, s, 2s, ... (each group's fuse keeps the group's last, most recent frame) and its decoder
     starts by repeating each latent frame's features s times (its temporal convs after that still
-    mix neighbouring frames; the video's first frame decodes as at stride 1). Why: the temporal stride trains as a decoder-only stage
-    (``Recipe.ae_frozen_encoder``), so the latent space -- and with it every DiT trained on ``ae`` --
-    carries over unchanged, and the DiT sees s times the motion per latent frame.
+    mix neighbouring frames; the video's first frame decodes as at stride 1).
+
+    Why: the temporal stride then trains as a decoder-only stage (``Recipe.ae_frozen_encoder``), so
+    the latent space -- and with it every DiT trained on ``ae`` -- carries over unchanged, and the
+    DiT sees s times the motion per latent frame.
 
     ``cfg`` must equal ``ae.cfg`` but for its name, description and temporal stride."""
     cfg = get_ae_config(cfg) if isinstance(cfg, str) else cfg

@@ -178,11 +178,11 @@ def _load_ae_start(recipe: Recipe, path: Path) -> tuple[CausalVideoAE, str]:
     """The autoencoder stage 0 starts from, as the recipe's autoencoder, and how the card names it."""
     import hashlib
 
+    from safetensors import SafetensorError
+
     from ..autoencoder import get_ae_config
 
     want = get_ae_config(recipe.ae)
-    from safetensors import SafetensorError
-
     try:
         ae = CausalVideoAE.load(path)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
