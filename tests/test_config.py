@@ -49,3 +49,14 @@ def test_rope_pairs_must_match_d_rope():
         MLAConfig(d_rope=32, rope_pairs=(6, 5, 4))
     with pytest.raises(ValueError):
         CacheConfig(chunk_frames=0)
+
+
+def test_context_noise_override_sets_the_cache_write_timestep_and_checks_it():
+    """A session's recorded cache-write noise reopens its pipeline with that noise (``extend``)."""
+    from videomla_app.models import configure
+
+    p = configure(get_preset("test-mla"), context_noise=25)
+    assert p.sampler.context_noise == 25.0 and get_preset("test-mla").sampler.context_noise == 0.0
+    for bad in (-1.0, 1001.0, float("nan")):
+        with pytest.raises(ValueError, match="context noise must be a timestep between 0 and 1000"):
+            configure(get_preset("test-mla"), context_noise=bad)

@@ -6,6 +6,7 @@ Why it exists: at one latent frame per video frame the models learned to copy th
 the motion per frame and make 12 frames per chunk for the same model calls (README).
 """
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -122,6 +123,9 @@ def test_generate_and_extend_with_a_strided_build(build, tmp_path):
     assert r.exit_code == 0, r.output
     ext, long = read_frames(tmp_path / "short-extended.mp4")[0], read_frames(tmp_path / "long.mp4")[0]
     assert ext.shape == long.shape and np.array_equal(ext, long)  # exact continuation across the stride
+    # the build's cache-write noise (smoke-t4 ships 25) is the model's default and the session's record
+    assert json.loads((build / "assets" / "tiny" / "model.json").read_text())["sampler"]["context_noise"] == 25.0
+    assert probe(tmp_path / "short.mp4")["comment"]["context_noise"] == 25.0
 
 
 def test_extend_footage_made_elsewhere_with_a_strided_build(build, tmp_path):

@@ -128,9 +128,16 @@ def check_warm_start(t: float, n: int = 1000) -> float:
 
 
 def configure(preset: Preset, steps: int | None = None, window: int | None = None,
-              sink: int | None = None, guidance: float | None = None, warm_start: float | None = None) -> Preset:
-    """Apply user overrides (denoising steps, window and sink frames, guidance, warm start) to a preset."""
+              sink: int | None = None, guidance: float | None = None, warm_start: float | None = None,
+              context_noise: float | None = None) -> Preset:
+    """Apply overrides (denoising steps, window and sink frames, guidance, warm start, and the
+    cache-write noise a session was made with) to a preset."""
     sampler, cache = preset.sampler, preset.cache
+    if context_noise is not None:
+        if not (math.isfinite(context_noise) and 0.0 <= context_noise <= sampler.num_train_timesteps):
+            raise ValueError(f"context noise must be a timestep between 0 and {sampler.num_train_timesteps}, "
+                             f"got {context_noise:g}")
+        sampler = replace(sampler, context_noise=float(context_noise))
     if steps is not None:
         sampler = replace(sampler, steps=step_list(steps))
     if guidance is not None:
@@ -157,11 +164,12 @@ def get_entry(name: str) -> ModelEntry:
 def load_pipeline(name: str, *, device: str = "auto", dtype: str = "auto", steps: int | None = None,
                   window: int | None = None, sink: int | None = None, recache: bool = False,
                   allow_missing: bool = False, offload_text: bool = False,
-                  guidance: float | None = None, warm_start: float | None = None) -> StreamingPipeline:
+                  guidance: float | None = None, warm_start: float | None = None,
+                  context_noise: float | None = None) -> StreamingPipeline:
     """Build the streaming pipeline for a registered model. ``allow_missing`` and ``offload_text``
     only concern downloaded models (partial checkpoint loads; umT5 kept on the CPU between encodes)."""
     entry = get_entry(name)
-    preset = configure(get_preset(entry.preset), steps, window, sink, guidance, warm_start)
+    preset = configure(get_preset(entry.preset), steps, window, sink, guidance, warm_start, context_noise)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if entry.tier == "download":
@@ -183,7 +191,7 @@ def load_pipeline(name: str, *, device: str = "auto", dtype: str = "auto", steps
                                  device=dev, dtype=dt, recache=recache)
     if dtype == "auto":
         dt = torch.bfloat16  # trained with bf16 autocast; 1.4-3x faster than fp32 on AMX CPUs
-    return _load_embedded(name, dev, dt, recache, steps, window, sink, guidance, warm_start)
+    return _load_embedded(name, dev, dt, recache, steps, window, sink, guidance, warm_start, context_noise)
 
 
 def assets_dir() -> Path:
@@ -194,7 +202,7 @@ def assets_dir() -> Path:
 
 def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool, steps: int | None,
                    window: int | None, sink: int | None, guidance: float | None,
-                   warm_start: float | None) -> StreamingPipeline:
+                   warm_start: float | None, context_noise: float | None) -> StreamingPipeline:
     """An embedded model: DiT weights + the shared autoencoder from assets, MiniLM from its package."""
     folder = assets_dir() / name
     if not (folder / "model.safetensors").exists():
@@ -207,9 +215,11 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
 
     spec = json.loads((folder / "model.json").read_text())
     p = get_preset(spec["preset"])
-    # The trained weights' own sampler defaults (guidance, warm start) sit between the preset and the user.
+    # The trained weights' own sampler defaults (guidance, warm start, context noise) sit between the
+    # preset and the user.
     tuned = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("sampler", {}).items()}
-    base = configure(replace(p, sampler=replace(p.sampler, **tuned)), steps, window, sink, guidance, warm_start)
+    base = configure(replace(p, sampler=replace(p.sampler, **tuned)), steps, window, sink, guidance, warm_start,
+                     context_noise)
     model_cfg = replace(base.model, latent_channels=spec["latent_channels"], latent_hw=tuple(spec["latent_hw"]),
                         text_dim=spec["text_dim"])
     preset = replace(base, name=name, model=model_cfg, text_len=spec["text_len"])

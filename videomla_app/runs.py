@@ -99,7 +99,8 @@ def continue_session(clip: Path, info: dict, prompt: str, device: str, dest: Pat
     s = extra["settings"]
     pipe = open_pipeline(meta["model"], device=device, dtype=s["dtype"], steps=len(s["steps"]), window=s["window"],
                          sink=s["sink"], recache=s.get("recache", True), guidance=s.get("guidance", 1.0),
-                         warm_start=s.get("warm_start", 0.0))  # sessions from before warm starts: off
+                         warm_start=s.get("warm_start", 0.0),  # sessions from before warm starts: off
+                         context_noise=s.get("context_noise", 0.0))  # ... and before context noise: clean
     try:
         state, timeline, _ = load_session(session, pipe)
     except ValueError as e:
@@ -140,7 +141,8 @@ def run_settings(pipe, model: str, seed: int) -> dict:
     return {"model": model, "seed": seed, "steps": list(pipe.preset.sampler.steps),
             "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
             "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache,
-            "guidance": pipe.preset.sampler.guidance, "warm_start": pipe.preset.sampler.warm_start}
+            "guidance": pipe.preset.sampler.guidance, "warm_start": pipe.preset.sampler.warm_start,
+            "context_noise": pipe.preset.sampler.context_noise}
 
 
 def reference_captions(n: int = 400) -> tuple[str, ...]:
