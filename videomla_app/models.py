@@ -120,11 +120,16 @@ def step_list(n: int) -> tuple[int, ...]:
     return tuple(round(1000 - 1000 * i / n) for i in range(n))
 
 
+def check_timestep(t: float, n: int = 1000, what: str = "--warm-start", zero: str = " (off)") -> float:
+    """A timestep in [0, n] (``what`` names it, ``zero`` says what 0 means), or a ValueError saying so."""
+    if not (math.isfinite(t) and 0.0 <= t <= n):
+        raise ValueError(f"{what} must be a timestep between 0{zero} and {n}, got {t:g}")
+    return float(t)
+
+
 def check_warm_start(t: float, n: int = 1000) -> float:
     """A user's ``--warm-start``: a timestep in [0, n] (0 = off), or a ValueError saying so."""
-    if not (math.isfinite(t) and 0.0 <= t <= n):
-        raise ValueError(f"--warm-start must be a timestep between 0 (off) and {n}, got {t:g}")
-    return float(t)
+    return check_timestep(t, n)
 
 
 def configure(preset: Preset, steps: int | None = None, window: int | None = None,
@@ -134,10 +139,8 @@ def configure(preset: Preset, steps: int | None = None, window: int | None = Non
     cache-write noise a session was made with) to a preset."""
     sampler, cache = preset.sampler, preset.cache
     if context_noise is not None:
-        if not (math.isfinite(context_noise) and 0.0 <= context_noise <= sampler.num_train_timesteps):
-            raise ValueError(f"context noise must be a timestep between 0 and {sampler.num_train_timesteps}, "
-                             f"got {context_noise:g}")
-        sampler = replace(sampler, context_noise=float(context_noise))
+        t = check_timestep(context_noise, sampler.num_train_timesteps, "context noise", zero="")
+        sampler = replace(sampler, context_noise=t)
     if steps is not None:
         sampler = replace(sampler, steps=step_list(steps))
     if guidance is not None:

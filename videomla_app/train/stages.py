@@ -184,8 +184,6 @@ def train_ae(recipe: Recipe, out: Path, resume: bool = False, max_minutes: float
 
 def _load_ae_start(recipe: Recipe, path: Path) -> tuple[CausalVideoAE, str]:
     """The autoencoder stage 0 starts from, as the recipe's autoencoder, and how the card names it."""
-    import hashlib
-
     from safetensors import SafetensorError
 
     from ..autoencoder import get_ae_config
@@ -203,8 +201,7 @@ def _load_ae_start(recipe: Recipe, path: Path) -> tuple[CausalVideoAE, str]:
     if replace(ae.cfg, name=want.name, description="") != replace(want, description=""):
         raise StartWeightsError(f"--ae-from {path}: autoencoder {ae.cfg.name} is not the recipe's {want.name} "
                                 "(sizes differ)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return ae, f"{path.name} (sha256 {digest}…)"
+    return ae, _start_label(path)
 
 
 class LatentData:
@@ -298,8 +295,6 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
 def _load_start(model: torch.nn.Module, path: Path) -> str:
     """Load ``path`` (safetensors, any float dtype: shipped weights are bf16) into ``model`` as fp32;
     returns how the card names it: the file name and the start of its SHA-256."""
-    import hashlib
-
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -312,8 +307,14 @@ def _load_start(model: torch.nn.Module, path: Path) -> str:
     except RuntimeError:
         raise StartWeightsError(f"--mha-from {path}: not weights of this recipe's dense model (names or shapes "
                                 "differ); use a run's mha.safetensors or a tiny-mha model.safetensors") from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return f"{path.name} (sha256 {digest}…)"
+    return _start_label(path)
+
+
+def _start_label(path: Path) -> str:
+    """How checkpoints and the card name the weights a stage started from: file name + SHA-256 start."""
+    import hashlib
+
+    return f"{path.name} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}…)"
 
 
 def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: Path, ae: CausalVideoAE,
