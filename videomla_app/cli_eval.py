@@ -30,6 +30,8 @@ def eval_models(
                                              "dense twin in --models).")] = False,
     warm_start: Annotated[float | None, typer.Option("--warm-start", help="Warm-start timestep for every model "
                                                           "(0 = off; default: each model's own).")] = None,
+    words: Annotated[int, typer.Option(help="Also measure which caption words each embedded model uses, on N "
+                                            "rendered clips (its flow loss with one word swapped).")] = 0,
     record: Annotated[bool, typer.Option(help="With --prompt-set motions: write each embedded model's "
                                               "per-motion adherence into its model.json, which is what "
                                               "generate warns from.")] = False,
@@ -45,6 +47,7 @@ def eval_models(
       videomla eval --ranks --prompts 0               # only the rank analysis (seconds)
       videomla eval --seconds 30 --repeats 4          # 32 videos: half the error at the same cost
       videomla eval --prompt-set motions --seconds 8 --record   # which motions each model follows
+      videomla eval --words 64 --prompts 0            # which caption words each model uses (minutes)
     """
     from .eval_metrics import WINDOW_S
     from .eval_follows import motion_prompts
@@ -76,6 +79,10 @@ def eval_models(
         raise UsageError(f"--segment must be at least {WINDOW_S:g} s (one reader window), got {segment:g}")
     if ranks and rank_pair(names) is None:
         raise UsageError("--ranks needs an MLA model and its dense twin in --models (e.g. tiny,tiny-mha)")
+    if not 0 <= words <= 1000:
+        raise UsageError(f"--words must be between 0 and 1000 clips, got {words}")
+    if words and (other := [m for m in names if get_entry(m).tier != "embedded"]):
+        raise UsageError(f"--words measures models trained on the built-in world; not {', '.join(other)}")
     if not 1 <= repeats <= 100:
         raise UsageError(f"--repeats must be between 1 and 100, got {repeats}")
     if warm_start is not None:
@@ -94,10 +101,10 @@ def eval_models(
         raise UsageError(str(e)) from None
     if record:  # checked before the eval, which takes a quarter of an hour, and not after it
         _check_record_targets(names)
-    if n == 0 and not ranks:
-        raise UsageError("--prompts 0 without --ranks leaves nothing to do")
+    if n == 0 and not ranks and not words:
+        raise UsageError("--prompts 0 without --ranks or --words leaves nothing to do")
     try:
-        report = evaluate_models(names, chosen[:n], seconds, seed, segment_s=segment, device=device,
+        report = {} if n == 0 and not ranks else evaluate_models(names, chosen[:n], seconds, seed, segment_s=segment, device=device,
                                  dtype=dtype, ranks=ranks, progress=lambda line: err.print(line, highlight=False),
                                  repeats=repeats, warm_start=warm_start)
     except ModelUnavailable as e:
@@ -105,7 +112,13 @@ def eval_models(
     except KeyboardInterrupt:
         err.print("interrupted before any video was finished: nothing to report")
         raise typer.Exit(130) from None
-    out.print(format_table(report))
+    if report:
+        out.print(format_table(report))
+    if words and not report.get("interrupted"):
+        report["words"] = _word_use(names, words, seed, device, dtype)
+        from .eval_words import format_words
+
+        out.print(format_words(report["words"]), highlight=False, soft_wrap=True)
     if json_path is not None:
         try:
             write_json(report, json_path)
@@ -120,6 +133,26 @@ def eval_models(
                          + [f"{m} not started" for m in names if m not in report["results"]])
         err.print(f"interrupted: the report covers what finished ({done})", highlight=False)
         raise typer.Exit(130)
+
+
+def _word_use(names: list[str], clips: int, seed: int, device: str, dtype: str) -> dict:
+    """--words: each model's loss increase per swapped caption word (``eval_words.py``)."""
+    from .eval_words import word_use
+    from .models import ModelUnavailable, load_pipeline
+
+    results = {}
+    for name in names:
+        err.print(f"{name}: word use on {clips} clips", highlight=False)
+        try:
+            pipe = load_pipeline(name, device=device, dtype=dtype)
+        except ModelUnavailable as e:
+            raise RuntimeFailure(str(e)) from None
+        try:
+            results[name] = word_use(pipe, clips=clips, seed=seed)
+        except KeyboardInterrupt:
+            err.print("interrupted: no word-use table")
+            raise typer.Exit(130) from None
+    return results
 
 
 def _record_follows(report: dict) -> None:

@@ -45,12 +45,59 @@ def chunk_timesteps(batch: int, n_frames: int, chunk: int, sampler: FlowSampler,
     return t.repeat_interleave(chunk, dim=1)[:, :n_frames]
 
 
+def full_context_timesteps(t_ctx: torch.Tensor, fraction: float, chunk: int, sampler: FlowSampler,
+                           gen: torch.Generator) -> torch.Tensor:
+    """Context levels [B, F] where a random ``fraction`` of the clips instead get one level per
+    chunk from the whole training table, as in Diffusion Forcing.
+
+    Why: with the context nearly clean (0-50) a chunk reads which way its objects go from the
+    frames before it, so a caption's direction word lowers the loss by nothing: swapping "left" for
+    "right" changed the trained models' loss by under 1 % (README, "Which words the models use"),
+    and their straight motions go any way. Under a noisy context the direction has to come from
+    the text. The draws come after all others, so ``fraction = 0`` keeps every earlier run's
+    random stream."""
+    B, n = t_ctx.shape
+    pick = _some_clips(B, fraction, gen).to(t_ctx.device)  # [B, 1]
+    return torch.where(pick, chunk_timesteps(B, n, chunk, sampler, gen).to(t_ctx), t_ctx)
+
+
+def frame_timesteps(t: torch.Tensor, fraction: float, sampler: FlowSampler, gen: torch.Generator) -> torch.Tensor:
+    """Levels [B, F] where a random ``fraction`` of the clips get one level per *frame* instead of
+    per chunk (Diffusion Forcing's per-frame noise).
+
+    Why: when a chunk's frames share one level, whichever way its objects go can be read off the
+    noisy frames themselves, so a direction word is never needed. With a clean-ish frame before
+    noisy ones, only the text says where the object goes next."""
+    B, n = t.shape
+    pick = _some_clips(B, fraction, gen).to(t.device)  # [B, 1]
+    idx = torch.randint(0, len(sampler.train_timesteps), (B, n), generator=gen)
+    return torch.where(pick, sampler.train_timesteps.float()[idx].to(t), t)  # [B, F]
+
+
+def _some_clips(batch: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """A random ``fraction`` of a batch's clips, as a mask [B, 1] over their frames."""
+    return (torch.rand(batch, generator=gen) < fraction)[:, None]
+
+
 def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
                        sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
+                       weight: torch.Tensor | None = None, full_context: float = 0.0,
+                       frame_noise: float = 0.0) -> torch.Tensor:
     """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]; weight: optional
     per-element loss weight broadcastable to x0 (e.g. [B, F, 1, h, w]), normalised so the loss
-    stays a weighted mean. Returns a scalar."""
+    stays a weighted mean; full_context / frame_noise: fractions of clips whose context is noised
+    like the noisy chunks (:func:`full_context_timesteps`) / whose frames get a level each
+    (:func:`frame_timesteps`). Returns a scalar."""
+    pred, target = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max, full_context,
+                                   frame_noise)
+    return weighted_mse(pred, target, weight)
+
+
+def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
+                    sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
+                    full_context: float = 0.0, frame_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted and the true flow [B, F, C, h, w] of one teacher-forcing draw (the loss's
+    inputs; the noise levels and noise are drawn from ``gen``, so a seed repeats the draw)."""
     sampler = FlowSampler(sampler_cfg)
     B, n = x0.shape[:2]
     dev = x0.device
@@ -58,13 +105,17 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
     t_ctx = chunk_timesteps(B, n, cache.chunk_frames, sampler, gen, context_noise_max).to(dev)
     eps = torch.randn(x0.shape, generator=gen).to(dev, x0.dtype)
     eps_ctx = torch.randn(x0.shape, generator=gen).to(dev, x0.dtype)
+    if full_context:
+        t_ctx = full_context_timesteps(t_ctx, full_context, cache.chunk_frames, sampler, gen)
+    if frame_noise:
+        t = frame_timesteps(t, frame_noise, sampler, gen)
     per_frame = (..., None, None, None)
     x_t = sampler.add_noise(x0, eps, t[per_frame])
     x_ctx = sampler.add_noise(x0, eps_ctx, t_ctx[per_frame])
     inputs = teacher_forcing_inputs(model, n, cache)
     pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
                                teacher_forcing=True)[:, n:]  # the noisy half
-    return weighted_mse(pred, sampler.flow_target(x0, eps), weight)
+    return pred, sampler.flow_target(x0, eps)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -69,6 +69,13 @@ class Recipe:
     # "sampler"; 0 = clean). Stage 1 trains with context noised uniformly up to 50, so the clean
     # context the sampler writes by default is the edge of what the models saw.
     context_noise: float = 0.0
+    # Fraction of DiT clips whose context is noised like the chunks being denoised (the rest: 0-50),
+    # and of clips whose frames each get their own level (``flow.full_context_timesteps``,
+    # ``flow.frame_timesteps``): both make a direction word needed. 0.5 of either for 599 CPU steps
+    # from the stage-1 weights did not teach it (README, "Which words the models use"); a GPU run can
+    # try them at scale.
+    full_context_noise: float = 0.0
+    frame_noise: float = 0.0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
     distill_guidance: float = 2.0  # the guidance scale stage 4 bakes in
     # How `train --budget-minutes` splits its time: each stage's share of the recipe's reference run
@@ -287,7 +294,8 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
 
     def loss(m, step, gen):
         x0, text, weight = data.batch(step)
-        return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight)
+        return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight,
+                                  full_context=recipe.full_context_noise, frame_noise=recipe.frame_noise)
 
     return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data, start)
 

@@ -1,0 +1,116 @@
+"""Which caption words a model uses (``eval_words.py``, ``videomla eval --words``), and the
+full-context noise that gives direction words something to do in training (``train/flow.py``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from videomla_app import world
+from videomla_app.cli import app
+from videomla_app.config import get_preset
+from videomla_app.eval_words import SWAPS, _swapped
+from videomla_app.model import build_model
+from videomla_app.scheduler import FlowSampler
+from videomla_app.train.flow import chunk_timesteps, flow_prediction, frame_timesteps, full_context_timesteps
+
+P = get_preset("test-mha")
+BALL = world.WorldSpec("ball", "red", "medium", 1, "left", "day")
+
+
+def test_each_swap_changes_exactly_its_word():
+    rng = np.random.default_rng(0)
+    for attr in ("colour", "shape", "count", "motion", "scene"):
+        other = _swapped(BALL, attr, rng)
+        assert getattr(other, attr) != getattr(BALL, attr)
+        assert replace(other, **{attr: getattr(BALL, attr)}) == BALL
+    assert _swapped(BALL, "direction", rng).motion == "right"
+    assert _swapped(replace(BALL, motion="down"), "direction", rng).motion == "up"
+    assert _swapped(replace(BALL, motion="circling"), "direction", rng) is None  # no opposite to swap in
+
+
+def test_full_context_levels_are_drawn_like_the_noisy_chunks():
+    sampler = FlowSampler(P.sampler)
+    gen = torch.Generator().manual_seed(0)
+    t_ctx = chunk_timesteps(400, 9, 3, sampler, gen, 50.0)  # [B, F], all in [0, 50]
+    assert torch.equal(full_context_timesteps(t_ctx, 0.0, 3, sampler, gen), t_ctx)
+    full = full_context_timesteps(t_ctx, 1.0, 3, sampler, gen)
+    table = set(sampler.train_timesteps.float().tolist())
+    assert set(full.unique().tolist()) <= table
+    assert torch.equal(full, full[:, ::3].repeat_interleave(3, dim=1))  # one level per chunk
+    assert (full > 50).float().mean() > 0.5
+    half = full_context_timesteps(t_ctx, 0.5, 3, sampler, gen)
+    replaced = (half != t_ctx).any(dim=1).float().mean().item()
+    assert 0.4 < replaced < 0.6
+
+
+def test_frame_noise_gives_picked_clips_one_level_per_frame():
+    sampler = FlowSampler(P.sampler)
+    gen = torch.Generator().manual_seed(0)
+    t = chunk_timesteps(400, 9, 3, sampler, gen)  # [B, F], one level per chunk
+    assert torch.equal(frame_timesteps(t, 0.0, sampler, gen), t)
+    own = frame_timesteps(t, 1.0, sampler, gen)
+    assert set(own.unique().tolist()) <= set(sampler.train_timesteps.float().tolist())
+    assert (own[:, 0] != own[:, 1]).float().mean() > 0.9  # frames of one chunk now differ
+    half = frame_timesteps(t, 0.5, sampler, gen)
+    assert 0.4 < (half != t).any(dim=1).float().mean().item() < 0.6
+
+
+def test_full_context_and_frame_noise_draws_come_after_the_others():
+    """A recipe without them keeps its random stream (so earlier runs resume bit-exactly); with
+    them, the same noise is drawn and only the levels change."""
+    model = build_model(P.model, seed=0).eval()
+    x0 = torch.randn(2, 6, P.model.latent_channels, *P.model.latent_hw, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(2, P.text_len, P.model.text_dim, generator=torch.Generator().manual_seed(2))
+
+    def draw(full_context, frame_noise=0.0):
+        if full_context is None:
+            full_context, frame_noise = 0.0, 1.0
+        with torch.no_grad():
+            return flow_prediction(model, x0, text, P.cache, P.sampler, torch.Generator().manual_seed(3),
+                                   full_context=full_context, frame_noise=frame_noise)
+
+    (p0, y0), (p1, y1), (p2, y2) = draw(0.0), draw(1.0), draw(None)
+    assert torch.equal(y0, y1) and torch.equal(y0, y2)  # same noise, same target
+    assert not torch.allclose(p0, p1)  # a different (noisier) context
+    assert not torch.allclose(p0, p2)  # different levels per frame
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a shared 2-core runner
+    yield
+    torch.set_num_threads(n)
+
+
+def test_eval_words_reports_which_words_the_shipped_model_uses(tmp_path, offline):
+    path = tmp_path / "words.json"
+    r = CliRunner().invoke(app, ["eval", "-m", "tiny", "--words", "3", "--prompts", "0", "--json", str(path)])
+    assert r.exit_code == 0, r.output
+    for attr in SWAPS:
+        assert f"\n{attr} " in r.output
+    words = json.loads(path.read_text())["words"]["tiny"]
+    used = words["clips"]
+    assert 1 <= used <= 3
+    swaps = words["swaps"]
+    assert all(swaps[a]["first"]["n"] == used for a in SWAPS if a != "direction")
+    assert swaps["direction"]["first"]["n"] <= used  # only clips that move straight
+    # the shipped model draws the prompted colour and scene: the wrong word costs it loss
+    assert swaps["colour"]["first"]["mean"] > 5 and swaps["scene"]["first"]["mean"] > 5
+
+
+def test_eval_words_errors_are_one_line():
+    r = CliRunner().invoke(app, ["eval", "-m", "small-mla", "--words", "4", "--prompts", "0"])
+    assert r.exit_code == 2
+    assert "--words measures models trained on the built-in world; not small-mla" in r.output
+    r = CliRunner().invoke(app, ["eval", "-m", "tiny", "--words", "-1", "--prompts", "0"])
+    assert r.exit_code == 2 and "--words must be between 0 and 1000 clips, got -1" in r.output
+    r = CliRunner().invoke(app, ["eval", "-m", "tiny", "--prompts", "0"])
+    assert r.exit_code == 2 and "--prompts 0 without --ranks or --words leaves nothing to do" in r.output
