@@ -114,3 +114,22 @@ def test_eval_words_errors_are_one_line():
     assert r.exit_code == 2 and "--words must be between 0 and 1000 clips, got -1" in r.output
     r = CliRunner().invoke(app, ["eval", "-m", "tiny", "--prompts", "0"])
     assert r.exit_code == 2 and "--prompts 0 without --ranks or --words leaves nothing to do" in r.output
+
+
+def test_ctrl_c_during_word_use_keeps_what_was_measured(tmp_path, offline, monkeypatch):
+    import videomla_app.eval_words as eval_words
+
+    real = eval_words.word_use
+
+    def second_interrupted(pipe, clips, seed):
+        if pipe.preset.name == "tiny-mha":
+            raise KeyboardInterrupt
+        return real(pipe, clips=clips, seed=seed)
+
+    monkeypatch.setattr(eval_words, "word_use", second_interrupted)
+    path = tmp_path / "words.json"
+    r = CliRunner().invoke(app, ["eval", "-m", "tiny,tiny-mha", "--words", "1", "--prompts", "0",
+                                 "--json", str(path)])
+    assert r.exit_code == 130, r.output
+    assert "interrupted: word use measured for tiny" in r.output
+    assert list(json.loads(path.read_text())["words"]) == ["tiny"]

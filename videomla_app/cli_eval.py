@@ -104,9 +104,9 @@ def eval_models(
     if n == 0 and not ranks and not words:
         raise UsageError("--prompts 0 without --ranks or --words leaves nothing to do")
     try:
-        report = {} if n == 0 and not ranks else evaluate_models(names, chosen[:n], seconds, seed, segment_s=segment, device=device,
-                                 dtype=dtype, ranks=ranks, progress=lambda line: err.print(line, highlight=False),
-                                 repeats=repeats, warm_start=warm_start)
+        report = {} if n == 0 and not ranks else evaluate_models(
+            names, chosen[:n], seconds, seed, segment_s=segment, device=device, dtype=dtype, ranks=ranks,
+            progress=lambda line: err.print(line, highlight=False), repeats=repeats, warm_start=warm_start)
     except ModelUnavailable as e:
         raise RuntimeFailure(str(e)) from None
     except KeyboardInterrupt:
@@ -114,11 +114,13 @@ def eval_models(
         raise typer.Exit(130) from None
     if report:
         out.print(format_table(report))
+    words_cut = False
     if words and not report.get("interrupted"):
-        report["words"] = _word_use(names, words, seed, device, dtype)
         from .eval_words import format_words
 
-        out.print(format_words(report["words"]), highlight=False, soft_wrap=True)
+        report["words"], words_cut = _word_use(names, words, seed, device, dtype)
+        if report["words"]:
+            out.print(format_words(report["words"]), highlight=False, soft_wrap=True)
     if json_path is not None:
         try:
             write_json(report, json_path)
@@ -127,6 +129,8 @@ def eval_models(
         out.print(f"wrote {json_path}", highlight=False)
     if record and not report.get("interrupted"):
         _record_follows(report)
+    if words_cut:  # after the report is written and recorded: the videos evaluated before are kept
+        raise typer.Exit(130)
     if report.get("interrupted"):
         done = ", ".join([f"{m} {len(r['prompts'])} of {r.get('videos_planned', len(r['prompts']))} videos"
                           for m, r in report["results"].items()]
@@ -135,8 +139,9 @@ def eval_models(
         raise typer.Exit(130)
 
 
-def _word_use(names: list[str], clips: int, seed: int, device: str, dtype: str) -> dict:
-    """--words: each model's loss increase per swapped caption word (``eval_words.py``)."""
+def _word_use(names: list[str], clips: int, seed: int, device: str, dtype: str) -> tuple[dict, bool]:
+    """--words: each model's loss increase per swapped caption word (``eval_words.py``), and whether
+    Ctrl-C cut it short (the models measured before are kept)."""
     from .eval_words import word_use
     from .models import ModelUnavailable, load_pipeline
 
@@ -150,9 +155,10 @@ def _word_use(names: list[str], clips: int, seed: int, device: str, dtype: str) 
         try:
             results[name] = word_use(pipe, clips=clips, seed=seed)
         except KeyboardInterrupt:
-            err.print("interrupted: no word-use table")
-            raise typer.Exit(130) from None
-    return results
+            done = ", ".join(results) or "no model"
+            err.print(f"interrupted: word use measured for {done}", highlight=False)
+            return results, True
+    return results, False
 
 
 def _record_follows(report: dict) -> None:
