@@ -16,7 +16,6 @@ straight motion goes (under 1 %), since the noisy frames and the context already
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -24,13 +23,15 @@ import torch
 
 from . import world
 from .encoders import pixel_frames
+from .eval_stats import standard_error
+# clips start anywhere in a world's first two minutes and weight objects as in training
+from .train.data import START_RANGE, coverage_map, latent_cover
 from .world.spec import COLOURS, COUNTS, MOTIONS, SCENES, SHAPES
 
 SWAPS: dict[str, tuple] = {"colour": COLOURS, "shape": SHAPES, "count": COUNTS, "motion": MOTIONS,
                            "direction": (), "scene": SCENES}
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 PARTS = ("first", "later")
-START_RANGE = 16 * 120  # clips start anywhere in a world's first two minutes, as in training
 
 
 def _swapped(spec: world.WorldSpec, attr: str, rng: np.random.Generator) -> world.WorldSpec | None:
@@ -45,8 +46,6 @@ def _object_weights(frames: np.ndarray, scene: str, spatial: int, temporal: int,
                     ) -> dict[str, torch.Tensor] | None:
     """Per-latent-pixel object cover [1, F, 1, h, w] of the first chunk and of the later ones
     (None when either has no object pixels)."""
-    from .train.data import coverage_map, latent_cover
-
     cover = latent_cover(coverage_map(frames[None], [scene], spatial), temporal)  # [1, F, h, w]
     cover = torch.from_numpy(cover)[:, :, None]  # [1, F, 1, h, w]
     first, later = cover.clone(), cover.clone()
@@ -101,11 +100,8 @@ def word_use(pipe, clips: int = 64, seed: int = 0, latent_frames: int = 9) -> di
 
 
 def _mean_sem(values: list[float]) -> dict:
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "sem": None, "n": 0}
-    sem = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else None
-    return {"mean": float(np.mean(values)), "sem": sem, "n": n}
+    mean = float(np.mean(values)) if values else None
+    return {"mean": mean, "sem": standard_error(values), "n": len(values)}
 
 
 def format_words(results: dict[str, dict]) -> str:
