@@ -1,5 +1,6 @@
 """Which caption words a model uses (``eval_words.py``, ``videomla eval --words``), and the
-full-context noise that gives direction words something to do in training (``train/flow.py``)."""
+full-context and per-frame noise that give direction words something to do in training
+(``train/flow.py``)."""
 
 from __future__ import annotations
 
@@ -68,14 +69,12 @@ def test_full_context_and_frame_noise_draws_come_after_the_others():
     x0 = torch.randn(2, 6, P.model.latent_channels, *P.model.latent_hw, generator=torch.Generator().manual_seed(1))
     text = torch.randn(2, P.text_len, P.model.text_dim, generator=torch.Generator().manual_seed(2))
 
-    def draw(full_context, frame_noise=0.0):
-        if full_context is None:
-            full_context, frame_noise = 0.0, 1.0
+    def draw(full_context, frame_noise):
         with torch.no_grad():
             return flow_prediction(model, x0, text, P.cache, P.sampler, torch.Generator().manual_seed(3),
                                    full_context=full_context, frame_noise=frame_noise)
 
-    (p0, y0), (p1, y1), (p2, y2) = draw(0.0), draw(1.0), draw(None)
+    (p0, y0), (p1, y1), (p2, y2) = draw(0.0, 0.0), draw(1.0, 0.0), draw(0.0, 1.0)
     assert torch.equal(y0, y1) and torch.equal(y0, y2)  # same noise, same target
     assert not torch.allclose(p0, p1)  # a different (noisier) context
     assert not torch.allclose(p0, p2)  # different levels per frame
