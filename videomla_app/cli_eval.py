@@ -52,7 +52,7 @@ def eval_models(
     from .eval_metrics import WINDOW_S
     from .eval_follows import motion_prompts
     from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
-    from .models import ModelUnavailable, check_warm_start, get_entry, resolve_device, resolve_dtype
+    from .models import ModelUnavailable, check_timestep, get_entry, resolve_device, resolve_dtype
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
@@ -87,7 +87,7 @@ def eval_models(
         raise UsageError(f"--repeats must be between 1 and 100, got {repeats}")
     if warm_start is not None:
         try:
-            check_warm_start(warm_start)
+            check_timestep(warm_start)
         except ValueError as e:
             raise UsageError(str(e)) from None
     if json_path is not None and json_path.is_dir():

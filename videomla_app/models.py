@@ -121,15 +121,11 @@ def step_list(n: int) -> tuple[int, ...]:
 
 
 def check_timestep(t: float, n: int = 1000, what: str = "--warm-start", zero: str = " (off)") -> float:
-    """A timestep in [0, n] (``what`` names it, ``zero`` says what 0 means), or a ValueError saying so."""
+    """A timestep in [0, n] (``what`` names it, ``zero`` says what 0 means; by default a user's
+    ``--warm-start``), or a ValueError saying so."""
     if not (math.isfinite(t) and 0.0 <= t <= n):
         raise ValueError(f"{what} must be a timestep between 0{zero} and {n}, got {t:g}")
     return float(t)
-
-
-def check_warm_start(t: float, n: int = 1000) -> float:
-    """A user's ``--warm-start``: a timestep in [0, n] (0 = off), or a ValueError saying so."""
-    return check_timestep(t, n)
 
 
 def configure(preset: Preset, steps: int | None = None, window: int | None = None,
@@ -148,7 +144,7 @@ def configure(preset: Preset, steps: int | None = None, window: int | None = Non
             raise ValueError(f"--guidance must be between 0 and 20 (1 = off), got {guidance}")
         sampler = replace(sampler, guidance=float(guidance))
     if warm_start is not None:
-        sampler = replace(sampler, warm_start=check_warm_start(warm_start, sampler.num_train_timesteps))
+        sampler = replace(sampler, warm_start=check_timestep(warm_start, sampler.num_train_timesteps))
     if window is not None or sink is not None:
         w = cache.window_frames if window is None else window
         s = cache.sink_frames if sink is None else sink
