@@ -18,7 +18,8 @@ from videomla_app.config import get_preset
 from videomla_app.eval_words import SWAPS, _swapped
 from videomla_app.model import build_model
 from videomla_app.scheduler import FlowSampler
-from videomla_app.train.flow import chunk_timesteps, flow_prediction, frame_timesteps, full_context_timesteps
+from videomla_app.train.flow import (anchored_timesteps, chunk_timesteps, flow_prediction, frame_timesteps,
+                                     full_context_timesteps)
 
 P = get_preset("test-mha")
 BALL = world.WorldSpec("ball", "red", "medium", 1, "left", "day")
@@ -62,22 +63,39 @@ def test_frame_noise_gives_picked_clips_one_level_per_frame():
     assert 0.4 < (half != t).any(dim=1).float().mean().item() < 0.6
 
 
-def test_full_context_and_frame_noise_draws_come_after_the_others():
+def test_full_context_frame_noise_and_anchor_draws_come_after_the_others():
     """A recipe without them keeps its random stream (so earlier runs resume bit-exactly); with
     them, the same noise is drawn and only the levels change."""
     model = build_model(P.model, seed=0).eval()
     x0 = torch.randn(2, 6, P.model.latent_channels, *P.model.latent_hw, generator=torch.Generator().manual_seed(1))
     text = torch.randn(2, P.text_len, P.model.text_dim, generator=torch.Generator().manual_seed(2))
 
-    def draw(full_context, frame_noise):
+    def draw(full_context=0.0, frame_noise=0.0, anchor_first=0.0):
         with torch.no_grad():
             return flow_prediction(model, x0, text, P.cache, P.sampler, torch.Generator().manual_seed(3),
-                                   full_context=full_context, frame_noise=frame_noise)
+                                   full_context=full_context, frame_noise=frame_noise, anchor_first=anchor_first)
 
-    (p0, y0), (p1, y1), (p2, y2) = draw(0.0, 0.0), draw(1.0, 0.0), draw(0.0, 1.0)
-    assert torch.equal(y0, y1) and torch.equal(y0, y2)  # same noise, same target
+    (p0, y0, s0), (p1, y1, _), (p2, y2, _), (p3, y3, s3) = draw(), draw(1.0), draw(0.0, 1.0), draw(anchor_first=1.0)
+    assert torch.equal(y0, y1) and torch.equal(y0, y2) and torch.equal(y0, y3)  # same noise, same target
     assert not torch.allclose(p0, p1)  # a different (noisier) context
     assert not torch.allclose(p0, p2)  # different levels per frame
+    assert not torch.allclose(p0[:, :2], p3[:, :2])  # the first chunk sees a nearly clean first frame
+    # chunk-causal: chunks after the first never see the first chunk's noisy half
+    assert torch.allclose(p0[:, 2:], p3[:, 2:], atol=1e-6)
+    assert s0.all() and s3[:, 1:].all() and not s3[:, 0].any()  # an anchored first frame is not scored
+
+
+def test_anchored_first_frames_take_their_context_level():
+    sampler = FlowSampler(P.sampler)
+    gen = torch.Generator().manual_seed(0)
+    t = chunk_timesteps(400, 6, 3, sampler, gen)
+    t_ctx = chunk_timesteps(400, 6, 3, sampler, gen, 50.0)
+    assert torch.equal(anchored_timesteps(t, t_ctx, 0.0, gen), t)
+    a = anchored_timesteps(t, t_ctx, 0.5, gen)
+    moved = a[:, 0] != t[:, 0]
+    assert 0.4 < moved.float().mean() < 0.6  # the stated fraction of clips
+    assert torch.equal(a[moved, 0], t_ctx[moved, 0]) and (a[:, 0] <= 50).sum() >= moved.sum()
+    assert torch.equal(a[:, 1:], t[:, 1:])  # the rest of the first chunk keeps its level
 
 
 @pytest.fixture

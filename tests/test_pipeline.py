@@ -139,6 +139,29 @@ def test_warm_start_skips_the_steps_above_it_but_not_on_a_switch():
     assert calls == [2, 1, 2, 2]  # chunk 1 starts from the sink's last frame, the one before it
 
 
+def test_anchored_first_chunk_keeps_its_first_frame_and_redraws_the_rest():
+    plain = list(tiny_pipeline().stream(TL, 3, seed=2))
+    pipe = _with_sampler(tiny_pipeline(), anchor_first=True, context_noise=25.0)
+    calls = _count_flow_calls(pipe)
+    levels: list = []
+    model_forward = pipe.model.forward
+    pipe.model.forward = lambda x, t, *a: levels.append(torch.as_tensor(t).tolist()) or model_forward(x, t, *a)
+    anchored = list(pipe.stream(TL, 3, seed=2))
+    assert calls == [4, 2, 2]  # only the first chunk is denoised twice
+    # the second pass holds frame 0 at the cache-write level while the others run the schedule
+    assert levels[2] == [[25.0, 1000.0]] and levels[3][0] == pytest.approx([25.0, 833.333], abs=1e-3)
+    assert torch.equal(plain[0].latents[:, :1], anchored[0].latents[:, :1])
+    assert not torch.equal(plain[0].latents[:, 1:], anchored[0].latents[:, 1:])
+    assert [e.latents.shape for e in anchored] == [e.latents.shape for e in plain]
+    # a continued clip (frame > 0) has context already: nothing is anchored
+    pipe = _with_sampler(tiny_pipeline(), anchor_first=True)
+    state = pipe.new_state(2)
+    pipe.prime(state, plain[0].latents, TL.segments[0].prompt)
+    calls = _count_flow_calls(pipe)
+    list(pipe.stream(TL, 2, state=state))
+    assert calls == [2, 2]
+
+
 @pytest.mark.parametrize("recache,warm_start", [(False, 0.0), (True, 0.0), (True, 900.0)])
 def test_save_restore_continues_exactly(tmp_path, recache, warm_start):
     ref = _frames(_with_sampler(tiny_pipeline(recache=recache), warm_start=warm_start).stream(TL, 8, seed=3))

@@ -143,6 +143,13 @@ class SamplerConfig:
     # model's x0 guess at high noise is a blurred mean, in which a moving object fades within a
     # second; starting from the last frame keeps it in the input, with fewer model calls.
     warm_start: float = 0.0
+    # Anchored first chunk: after the first chunk of a video is denoised, denoise its later frames
+    # again from fresh noise with its first frame held at the cache-write level (``context_noise``).
+    # Why: when all of a chunk's frames share one level, where an object starts and where it goes
+    # are settled together by the noise, and a motion word is never needed; with the object's
+    # position fixed, only the text says where it goes next. Needs a model trained for it
+    # (``Recipe.anchor_first``); costs the first chunk's model calls once more.
+    anchor_first: bool = False
     num_train_timesteps: int = 1000
 
 

@@ -57,9 +57,11 @@ def _object_weights(frames: np.ndarray, scene: str, spatial: int, temporal: int,
 
 
 @torch.no_grad()
-def word_use(pipe, clips: int = 64, seed: int = 0, latent_frames: int = 9) -> dict:
+def word_use(pipe, clips: int = 64, seed: int = 0, latent_frames: int = 9, anchored: bool | None = None) -> dict:
     """Relative loss increase (%) per swapped attribute and part, for a loaded embedded pipeline.
 
+    ``anchored``: measure the first chunk as an anchored sampler makes it (its first frame nearly
+    clean, not scored; ``SamplerConfig.anchor_first``); None: as the model's own sampler does.
     Returns ``{"swaps": {attr: {part: {"mean", "sem", "n"}}}, "loss": {part: mean true-caption
     loss}, "clips": used}``. Each clip uses its own noise seed, the same for every caption."""
     from .train.flow import flow_prediction
@@ -68,6 +70,8 @@ def word_use(pipe, clips: int = 64, seed: int = 0, latent_frames: int = 9) -> di
     ts, C = vae.temporal_stride, preset.cache.chunk_frames
     size = preset.video.height
     n_pix = pixel_frames(latent_frames, ts)
+    if anchored is None:
+        anchored = preset.sampler.anchor_first
     rng = np.random.default_rng([seed, 0x30D5])
     rel: dict[str, dict[str, list[float]]] = {a: {p: [] for p in PARTS} for a in SWAPS}
     base: dict[str, list[float]] = {p: [] for p in PARTS}
@@ -87,14 +91,18 @@ def word_use(pipe, clips: int = 64, seed: int = 0, latent_frames: int = 9) -> di
         for key, cap in captions.items():
             text = pipe.text_encoder.encode([cap]).to(pipe.device, pipe.dtype)  # [1, L, D]
             gen = torch.Generator().manual_seed(seed * 100_003 + i)
-            pred, target = flow_prediction(model, x0, text, preset.cache, preset.sampler, gen)
+            pred, target, scored = flow_prediction(model, x0, text, preset.cache, preset.sampler, gen,
+                                                   anchor_first=1.0 if anchored else 0.0)
             err[key] = (pred.float() - target.float()).pow(2).cpu()  # [1, F, C, h, w]
         for part, w in weights.items():
+            w = w * scored[..., None, None, None].cpu()  # an anchored first frame is not scored
+            if not w.sum() > 0:
+                continue
             loss = {k: float((e * w).sum() / (w.sum() * e.shape[2])) for k, e in err.items()}
             base[part].append(loss["true"])
             for a in captions.keys() - {"true"}:
                 rel[a][part].append(100.0 * (loss[a] / loss["true"] - 1.0))
-    return {"clips": used, "latent_frames": latent_frames,
+    return {"clips": used, "latent_frames": latent_frames, "anchored": bool(anchored),
             "loss": {p: float(np.mean(v)) if v else None for p, v in base.items()},
             "swaps": {a: {p: _mean_sem(v) for p, v in parts.items()} for a, parts in rel.items()}}
 

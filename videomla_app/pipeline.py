@@ -173,6 +173,8 @@ class StreamingPipeline:
                     x = s.step(x, v, t, steps[i + 1], lambda: self._noise(state, self.C))
                 else:
                     x0 = s.x0_from_flow(x, v, t)
+            if s.cfg.anchor_first and f0 == 0 and self.C > 1:
+                x0 = self._anchored(state, x0, text, step, inputs)
             t_denoise = self._clock()
             # 2. cache-write pass: the clean chunk's keys become context
             self._write_context(state, x0, text, step, inputs)
@@ -187,6 +189,22 @@ class StreamingPipeline:
                 timings={"denoise_s": t_denoise - t_start, "cache_write_s": t_write - t_denoise,
                          "decode_s": t_decode - t_write, "total_s": t_decode - t_start},
                 memory=read_memory(state.cache, text))
+
+    def _anchored(self, state: GenerationState, x0: torch.Tensor, text: TextKVCache, step, inputs) -> torch.Tensor:
+        """The first chunk again: its first frame x0[:, :1] held at the cache-write level, the
+        frames after it denoised from fresh noise (the layout ``Recipe.anchor_first`` trains)."""
+        s, tc, C = self.sampler, self.preset.sampler.context_noise, self.C
+        first = x0[:, :1]  # [B, 1, C, h, w]
+        anchor = first if tc == 0 else s.add_noise(first, self._noise(state, 1), tc)
+        x = self._noise(state, C - 1)  # [B, C-1, C, h, w]
+        for i, t in enumerate(s.timesteps):
+            levels = torch.tensor([tc] + [t] * (C - 1), device=self.device).expand(self.batch, C)  # [B, chunk]
+            v = self._flow(torch.cat([anchor, x], 1), levels, text, state.cache, step, inputs)[:, 1:]
+            if i + 1 < len(s.timesteps):
+                x = s.step(x, v, t, s.timesteps[i + 1], lambda: self._noise(state, C - 1))
+            else:
+                x = s.x0_from_flow(x, v, t)
+        return torch.cat([first, x], 1)  # [B, chunk, C, h, w]
 
     @staticmethod
     def _last_latent(state: GenerationState) -> torch.Tensor | None:

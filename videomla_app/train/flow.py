@@ -74,6 +74,21 @@ def frame_timesteps(t: torch.Tensor, fraction: float, sampler: FlowSampler, gen:
     return torch.where(pick, sampler.train_timesteps.float()[idx].to(t), t)  # [B, F]
 
 
+def anchored_timesteps(t: torch.Tensor, t_ctx: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Levels [B, F] where a random ``fraction`` of the clips get their first frame at its context
+    level (0 to ``context_noise_max``) while the rest of the first chunk keeps the chunk's level:
+    the layout of the sampler's anchored first chunk (``SamplerConfig.anchor_first``).
+
+    Why: with the first chunk's frames at one level, the position of an object and where it goes
+    are both read off the same noisy frames, so the caption's motion word lowers the loss by
+    nothing (README, "Which words the models use"). With the first frame nearly clean and the next
+    two still noise, the position is known and only the text says where the object goes next."""
+    pick = _some_clips(t.shape[0], fraction, gen).to(t.device)  # [B, 1]
+    first = torch.zeros_like(t, dtype=torch.bool)
+    first[:, 0] = True
+    return torch.where(pick & first, t_ctx, t)  # [B, F]
+
+
 def _some_clips(batch: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
     """A random ``fraction`` of a batch's clips, as a mask [B, 1] over their frames."""
     return (torch.rand(batch, generator=gen) < fraction)[:, None]
@@ -82,22 +97,29 @@ def _some_clips(batch: int, fraction: float, gen: torch.Generator) -> torch.Tens
 def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
                        sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
                        weight: torch.Tensor | None = None, full_context: float = 0.0,
-                       frame_noise: float = 0.0) -> torch.Tensor:
+                       frame_noise: float = 0.0, anchor_first: float = 0.0) -> torch.Tensor:
     """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]; weight: optional
     per-element loss weight broadcastable to x0 (e.g. [B, F, 1, h, w]), normalised so the loss
-    stays a weighted mean; full_context / frame_noise: fractions of clips whose context is noised
-    like the noisy chunks (:func:`full_context_timesteps`) / whose frames get a level each
-    (:func:`frame_timesteps`). Returns a scalar."""
-    pred, target = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max, full_context,
-                                   frame_noise)
+    stays a weighted mean; full_context / frame_noise / anchor_first: fractions of clips whose
+    context is noised like the noisy chunks (:func:`full_context_timesteps`) / whose frames get a
+    level each (:func:`frame_timesteps`) / whose first frame is nearly clean
+    (:func:`anchored_timesteps`). Returns a scalar."""
+    pred, target, scored = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max,
+                                           full_context, frame_noise, anchor_first)
+    if anchor_first:
+        # an anchored first frame is context, not a frame to denoise: its flow is not scored
+        keep = scored[(...,) + (None,) * (x0.dim() - 2)].to(pred)  # [B, F, 1, 1, 1]
+        weight = keep if weight is None else weight * keep
     return weighted_mse(pred, target, weight)
 
 
 def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
                     sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
-                    full_context: float = 0.0, frame_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    full_context: float = 0.0, frame_noise: float = 0.0,
+                    anchor_first: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The predicted and the true flow [B, F, C, h, w] of one teacher-forcing draw (the loss's
-    inputs; the noise levels and noise are drawn from ``gen``, so a seed repeats the draw)."""
+    inputs; the noise levels and noise are drawn from ``gen``, so a seed repeats the draw), and
+    which frames are scored [B, F] (all but anchored first frames)."""
     sampler = FlowSampler(sampler_cfg)
     B, n = x0.shape[:2]
     dev = x0.device
@@ -109,13 +131,16 @@ def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cach
         t_ctx = full_context_timesteps(t_ctx, full_context, cache.chunk_frames, sampler, gen)
     if frame_noise:
         t = frame_timesteps(t, frame_noise, sampler, gen)
+    t_chunk = t
+    if anchor_first:
+        t = anchored_timesteps(t, t_ctx, anchor_first, gen)
     per_frame = (..., None, None, None)
     x_t = sampler.add_noise(x0, eps, t[per_frame])
     x_ctx = sampler.add_noise(x0, eps_ctx, t_ctx[per_frame])
     inputs = teacher_forcing_inputs(model, n, cache)
     pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
                                teacher_forcing=True)[:, n:]  # the noisy half
-    return pred, sampler.flow_target(x0, eps)
+    return pred, sampler.flow_target(x0, eps), t == t_chunk
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -76,6 +76,9 @@ class Recipe:
     # try them at scale.
     full_context_noise: float = 0.0
     frame_noise: float = 0.0
+    # Fraction of DiT clips whose first frame is nearly clean (its context level) while the rest of
+    # the first chunk is noised: trains the sampler's anchored first chunk (``flow.anchored_timesteps``).
+    anchor_first: float = 0.0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
     distill_guidance: float = 2.0  # the guidance scale stage 4 bakes in
     # How `train --budget-minutes` splits its time: each stage's share of the recipe's reference run
@@ -295,7 +298,8 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
     def loss(m, step, gen):
         x0, text, weight = data.batch(step)
         return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight,
-                                  full_context=recipe.full_context_noise, frame_noise=recipe.frame_noise)
+                                  full_context=recipe.full_context_noise, frame_noise=recipe.frame_noise,
+                                  anchor_first=recipe.anchor_first)
 
     return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data, start)
 
