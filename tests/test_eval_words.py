@@ -123,6 +123,20 @@ def test_eval_words_reports_which_words_the_shipped_model_uses(tmp_path, offline
     assert swaps["colour"]["first"]["mean"] > 5 and swaps["scene"]["first"]["mean"] > 5
 
 
+def test_anchored_word_use_changes_only_the_first_chunk(offline):
+    """Measured as the anchored sampler makes the first chunk: its first frame nearly clean and not
+    scored; the later chunks read only the context, so their numbers are the plain ones."""
+    from videomla_app.eval_words import word_use
+    from videomla_app.models import load_pipeline
+
+    pipe = load_pipeline("tiny", device="cpu")
+    plain, anchored = word_use(pipe, clips=2, anchored=False), word_use(pipe, clips=2, anchored=True)
+    assert (plain["anchored"], anchored["anchored"]) == (False, True)
+    assert anchored["loss"]["later"] == pytest.approx(plain["loss"]["later"], rel=1e-5)
+    assert anchored["loss"]["first"] != pytest.approx(plain["loss"]["first"], rel=1e-3)
+    assert word_use(pipe, clips=1)["anchored"] is False  # by default: as the model's own sampler
+
+
 def test_eval_words_errors_are_one_line():
     r = CliRunner().invoke(app, ["eval", "-m", "small-mla", "--words", "4", "--prompts", "0"])
     assert r.exit_code == 2
