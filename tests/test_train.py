@@ -123,11 +123,12 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     assert all(torch.equal(v, twin.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
     # stage 4: guidance distillation of both; ship then exports the distilled weights
     for kind, base, attn in (("mla-cfg", mla, "mla"), ("twin-cfg", twin, "mha")):
-        student, t4 = train_dit(kind, r, tmp_path, ae, text, quiet=True)
+        student, t4 = train_dit(kind, replace(r, anchor_first=0.5), tmp_path, ae, text, quiet=True)
         assert student.cfg.attn == attn and t4.cfg == r.distill_train and len(t4.log) == 4
         assert all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in t4.log)
         assert any(not torch.equal(v, base.state_dict()[k]) for k, v in student.state_dict().items())
-        ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0, warm_start=600.0, twin_warm_start=300.0), text)
+        ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0, warm_start=600.0, twin_warm_start=300.0,
+                                                    anchor_first=0.5), text)
         folder = "tiny" if attn == "mla" else "tiny-mha"
         shipped = load_file(str(tmp_path / "assets" / folder / "model.safetensors"))
         assert all(torch.equal(v, student.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
@@ -140,6 +141,7 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
             assert pipe.preset.sampler.guidance == 2.0 and load_pipeline(name, guidance=1).preset.sampler.guidance == 1
             assert pipe.preset.sampler.warm_start == (600.0 if name == "tiny" else 300.0)
             assert load_pipeline(name, warm_start=0).preset.sampler.warm_start == 0
+            assert pipe.preset.sampler.anchor_first  # trained anchored, shipped with the anchored sampler
             ev = list(pipe.stream("a red ball", 2, seed=0))
             assert ev[-1].frames.shape == (r.dit_clip_frames // 2, 32, 32, 3) or ev[-1].frames.shape[1:] == (32, 32, 3)
     finally:

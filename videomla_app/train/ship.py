@@ -87,7 +87,8 @@ def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder) -> list[P
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
                 "sampler": {"guidance": recipe.guidance, "warm_start": getattr(recipe, warm_field),
-                            "context_noise": recipe.context_noise},
+                            "context_noise": recipe.context_noise,
+                            **({"anchor_first": True} if recipe.anchor_first else {})},
                 "train": _trained_config(run_dir, stage, recipe)}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [Path(name) / "model.safetensors", Path(name) / "model.json"]
