@@ -370,8 +370,9 @@ def test_guidance_distillation_lowers_its_loss(tmp_path):
 
 
 def test_anchored_distillation_from_a_dense_teacher_lowers_its_loss(tmp_path):
-    """The shipped students learn the anchored first chunk from the anchor-trained dense teacher:
-    an MLA student, a dense teacher, every clip's first frame held nearly clean and not scored."""
+    """Stage 4 can teach the anchored first chunk across attention kinds: an MLA student, a dense
+    teacher (as when an anchor-trained stage 1 teaches the shipped tiny), every clip's first frame
+    held nearly clean and not scored."""
     from videomla_app.train.guidance import guidance_distillation_loss
 
     preset, student, x0, _, _, text = _guided_setup("mla")
