@@ -78,8 +78,8 @@ class Recipe:
     frame_noise: float = 0.0
     # Fraction of DiT clips whose first frame is nearly clean (its context level) while the rest of
     # the first chunk is noised: trains the sampler's anchored first chunk (``flow.anchored_timesteps``).
-    # 0.75 for 1,200 CPU steps from the stage-1 weights taught the direction word (first-chunk use
-    # -0.1 -> +5.2 %) and straight motions 8 -> 23 % (README, "The anchored first chunk"); still
+    # 0.75 for 1,800 CPU steps from the stage-1 weights taught the direction word (first-chunk use
+    # -0.1 -> +8.4 %) and straight motions 8 -> 24 % (README, "The anchored first chunk"); still
     # growing, so it waits for a GPU run of stage 1 with it.
     anchor_first: float = 0.0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
