@@ -90,9 +90,10 @@ def test_anchored_first_frames_take_their_context_level():
     gen = torch.Generator().manual_seed(0)
     t = chunk_timesteps(400, 6, 3, sampler, gen)
     t_ctx = chunk_timesteps(400, 6, 3, sampler, gen, 50.0)
-    assert torch.equal(anchored_timesteps(t, t_ctx, 0.0, gen), t)
-    a = anchored_timesteps(t, t_ctx, 0.5, gen)
+    assert torch.equal(anchored_timesteps(t, t_ctx, 0.0, gen)[0], t)
+    a, picked = anchored_timesteps(t, t_ctx, 0.5, gen)
     moved = a[:, 0] != t[:, 0]
+    assert torch.equal(picked[:, 0], moved) and not picked[:, 1:].any()
     assert 0.4 < moved.float().mean() < 0.6  # the stated fraction of clips
     assert torch.equal(a[moved, 0], t_ctx[moved, 0]) and (a[:, 0] <= 50).sum() >= moved.sum()
     assert torch.equal(a[:, 1:], t[:, 1:])  # the rest of the first chunk keeps its level

@@ -74,8 +74,9 @@ def frame_timesteps(t: torch.Tensor, fraction: float, sampler: FlowSampler, gen:
     return torch.where(pick, sampler.train_timesteps.float()[idx].to(t), t)  # [B, F]
 
 
-def anchored_timesteps(t: torch.Tensor, t_ctx: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
-    """Levels [B, F] where a random ``fraction`` of the clips get their first frame at its context
+def anchored_timesteps(t: torch.Tensor, t_ctx: torch.Tensor, fraction: float, gen: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Levels [B, F] and which frames were anchored [B, F], where a random ``fraction`` of the clips get their first frame at its context
     level (0 to ``context_noise_max``) while the rest of the first chunk keeps the chunk's level:
     the layout of the sampler's anchored first chunk (``SamplerConfig.anchor_first``).
 
@@ -86,7 +87,8 @@ def anchored_timesteps(t: torch.Tensor, t_ctx: torch.Tensor, fraction: float, ge
     pick = _some_clips(t.shape[0], fraction, gen).to(t.device)  # [B, 1]
     first = torch.zeros_like(t, dtype=torch.bool)
     first[:, 0] = True
-    return torch.where(pick & first, t_ctx, t)  # [B, F]
+    anchored = pick & first  # [B, F]
+    return torch.where(anchored, t_ctx, t), anchored
 
 
 def _some_clips(batch: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -131,16 +133,16 @@ def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cach
         t_ctx = full_context_timesteps(t_ctx, full_context, cache.chunk_frames, sampler, gen)
     if frame_noise:
         t = frame_timesteps(t, frame_noise, sampler, gen)
-    t_chunk = t
+    anchored = torch.zeros_like(t, dtype=torch.bool)
     if anchor_first:
-        t = anchored_timesteps(t, t_ctx, anchor_first, gen)
+        t, anchored = anchored_timesteps(t, t_ctx, anchor_first, gen)
     per_frame = (..., None, None, None)
     x_t = sampler.add_noise(x0, eps, t[per_frame])
     x_ctx = sampler.add_noise(x0, eps_ctx, t_ctx[per_frame])
     inputs = teacher_forcing_inputs(model, n, cache)
     pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
                                teacher_forcing=True)[:, n:]  # the noisy half
-    return pred, sampler.flow_target(x0, eps), t == t_chunk
+    return pred, sampler.flow_target(x0, eps), ~anchored
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -69,9 +69,9 @@ def guidance_distillation_loss(student: CausalDiT, teacher: CausalDiT, x0: torch
     eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
     if anchor_first:  # drawn after the others: without it the random stream is unchanged
         t_anchor = (torch.rand(B, n, generator=gen) * anchor_max).to(t)  # [B, F]
-        anchored = anchored_timesteps(t, t_anchor, anchor_first, gen)
-        keep = (anchored == t)[..., None, None, None].to(x0)  # [B, F, 1, 1, 1]
-        weight, t = (keep if weight is None else weight * keep), anchored
+        t, anchored = anchored_timesteps(t, t_anchor, anchor_first, gen)
+        keep = (~anchored)[..., None, None, None].to(x0)  # [B, F, 1, 1, 1]
+        weight = keep if weight is None else weight * keep
     x_t = sampler.add_noise(x0, eps, t[..., None, None, None])
     target = guided_flow(teacher, x0, x_t, t, text, empty, preset, guidance)  # [B, F, C, h, w] fp32
     inputs = teacher_forcing_inputs(student, n, preset.cache)
