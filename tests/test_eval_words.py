@@ -122,6 +122,28 @@ def test_eval_words_reports_which_words_the_shipped_model_uses(tmp_path, offline
     assert swaps["direction"]["first"]["n"] <= used  # only clips that move straight
     # the shipped model draws the prompted colour and scene: the wrong word costs it loss
     assert swaps["colour"]["first"]["mean"] > 5 and swaps["scene"]["first"]["mean"] > 5
+    # how far the text encoder moves with each word, once per swap made
+    assert "text change" in r.output and "in 1 token" in r.output
+    text = words["text"]
+    assert text["colour"]["change"]["n"] == used and text["direction"]["change"]["n"] <= used
+    assert all(0 < text[a]["change"]["mean"] and 0 < text[a]["one_token"]["mean"] <= 100
+               for a in SWAPS if text[a]["change"]["n"])
+
+
+def test_text_change_measures_how_far_the_encoder_moves_with_a_word(offline):
+    """MiniLM's token states for "drifting left" and "drifting right" differ least of the swaps
+    (24 % of their norm, against 41 % for a colour) and mostly in the word's own token (80 % of
+    the move, against 55 %): what ``--words`` prints next to each word."""
+    from videomla_app.eval_words import _text_change
+    from videomla_app.text_encoder import MiniLMTextEncoder
+
+    te = MiniLMTextEncoder()
+    s = te.encode([world.caption(BALL), world.caption(replace(BALL, motion="right")),
+                   world.caption(replace(BALL, colour="blue"))]).float()  # [3, L, D]
+    direction, colour = _text_change(s[0], s[1]), _text_change(s[0], s[2])
+    assert direction["change"] == pytest.approx(24.1, abs=2) and colour["change"] == pytest.approx(40.7, abs=2)
+    assert direction["one_token"] == pytest.approx(79.7, abs=3) and colour["one_token"] == pytest.approx(54.5, abs=3)
+    assert _text_change(s[0], s[0]) == {"change": 0.0, "one_token": 0.0}
 
 
 def test_anchored_word_use_changes_only_the_first_chunk(offline):
