@@ -123,7 +123,8 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     assert all(torch.equal(v, twin.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
     # stage 4: guidance distillation of both; ship then exports the distilled weights
     for kind, base, attn in (("mla-cfg", mla, "mla"), ("twin-cfg", twin, "mha")):
-        student, t4 = train_dit(kind, replace(r, anchor_first=0.5), tmp_path, ae, text, quiet=True)
+        student, t4 = train_dit(kind, replace(r, anchor_first=0.5, first_chunk_weight=2.0), tmp_path, ae, text,
+                                quiet=True)
         assert student.cfg.attn == attn and t4.cfg == r.distill_train and len(t4.log) == 4
         assert all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in t4.log)
         assert any(not torch.equal(v, base.state_dict()[k]) for k, v in student.state_dict().items())
@@ -293,6 +294,32 @@ def test_object_weighted_loss():
     assert not torch.allclose(first, plain)
 
 
+def test_first_chunk_weight_counts_the_first_chunk_that_many_times():
+    """The first chunk (no context: where the text alone says which way things go) weighted k
+    times is the weighted mean of the per-chunk losses, on the same draw; 1 is the plain loss."""
+    from videomla_app.train.flow import first_chunk_weights, flow_prediction, weighted_mse
+    from videomla_app.train.stages import RECIPES
+
+    model = build_model(P.model, seed=0)
+    x0, text = _data(0, None)  # [2, 6, C, h, w]: three chunks of 2
+    C = P.cache.chunk_frames
+    w = first_chunk_weights(6, C, 3.0)
+    assert w.shape == (1, 6, 1, 1, 1) and w.flatten().tolist() == [3] * C + [1] * (6 - C)
+    with torch.no_grad():
+        plain = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0))
+        assert torch.equal(flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0),
+                                              first_chunk_weight=1.0), plain)
+        weighted = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0), first_chunk_weight=3.0)
+        pred, target, _ = flow_prediction(model, x0, text, P.cache, P.sampler, step_generator(0, 0))
+        first, later = weighted_mse(pred[:, :C], target[:, :C]), weighted_mse(pred[:, C:], target[:, C:])
+    assert torch.allclose(weighted, (3 * C * first + (6 - C) * later) / (3 * C + 6 - C), rtol=1e-5)
+    assert not torch.allclose(weighted, plain)
+    with pytest.raises(ValueError, match="first_chunk_weight must be > 0, got 0"):
+        first_chunk_weights(6, C, 0.0)
+    # the GPU recipe that trains the anchored first chunk weights it too; the shipped ones do not
+    assert RECIPES["tiny-t4-anchor-gpu"].first_chunk_weight == 3.0 and RECIPES["tiny-t4-gpu"].first_chunk_weight == 1.0
+
+
 def _guided_setup(attn):
     from videomla_app.scheduler import FlowSampler
 
@@ -372,20 +399,21 @@ def test_guidance_distillation_lowers_its_loss(tmp_path):
 def test_anchored_distillation_from_a_dense_teacher_lowers_its_loss(tmp_path):
     """Stage 4 can teach the anchored first chunk across attention kinds: an MLA student, a dense
     teacher (as when an anchor-trained stage 1 teaches the shipped tiny), every clip's first frame
-    held nearly clean and not scored."""
+    held nearly clean and not scored, the first chunk weighted 3x as the anchored GPU recipe does."""
     from videomla_app.train.guidance import guidance_distillation_loss
 
     preset, student, x0, _, _, text = _guided_setup("mla")
     teacher = build_model(get_preset("test-mha").model, seed=4).requires_grad_(False)
     empty = torch.zeros_like(text)
 
-    def loss(m, step, gen, anchor=1.0):
+    def loss(m, step, gen, anchor=1.0, first=3.0):
         return guidance_distillation_loss(m, teacher, x0, text, empty, preset, 2.0, step_generator(7, step % 2),
-                                          anchor_first=anchor)
+                                          anchor_first=anchor, first_chunk_weight=first)
 
     with torch.no_grad():  # off, the random stream and the loss are the plain ones
         plain = guidance_distillation_loss(student, teacher, x0, text, empty, preset, 2.0, step_generator(7, 0))
-        assert loss(student, 0, None, 0.0) == plain and loss(student, 0, None) != plain
+        assert loss(student, 0, None, 0.0, 1.0) == plain and loss(student, 0, None, 1.0, 1.0) != plain
+        assert loss(student, 0, None, 0.0, 3.0) != plain  # the first chunk counts three times
     cfg = TrainConfig(steps=30, batch=2, lr=3e-3, warmup=3, bf16=False, ckpt_every=1000)
     log = Trainer("cfg", student, cfg, tmp_path, loss).run(quiet=True)
     first = sum(r["loss"] for r in log[:4]) / 4

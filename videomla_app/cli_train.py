@@ -17,7 +17,7 @@ def train(
     stage: Annotated[str, typer.Argument(help="ae, mha, mla, twin, mla-cfg, twin-cfg, all, ship (export to assets/) or card (model card).")] = "all",
     recipe: Annotated[str, typer.Option(help="Recipe: tiny (the CPU run), tiny-gpu (its budget split for minutes on a GPU), "
                                              "tiny-t4-gpu (4 video frames per latent frame), tiny-t4-anchor-gpu (that, with "
-                                             "the anchored first chunk) or smoke (seconds).")] = "tiny",
+                                             "the anchored first chunk, weighted 3x) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,

@@ -99,20 +99,39 @@ def _some_clips(batch: int, fraction: float, gen: torch.Generator) -> torch.Tens
 def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
                        sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
                        weight: torch.Tensor | None = None, full_context: float = 0.0,
-                       frame_noise: float = 0.0, anchor_first: float = 0.0) -> torch.Tensor:
+                       frame_noise: float = 0.0, anchor_first: float = 0.0,
+                       first_chunk_weight: float = 1.0) -> torch.Tensor:
     """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]; weight: optional
     per-element loss weight broadcastable to x0 (e.g. [B, F, 1, h, w]), normalised so the loss
     stays a weighted mean; full_context / frame_noise / anchor_first: fractions of clips whose
     context is noised like the noisy chunks (:func:`full_context_timesteps`) / whose frames get a
     level each (:func:`frame_timesteps`) / whose first frame is nearly clean
-    (:func:`anchored_timesteps`). Returns a scalar."""
+    (:func:`anchored_timesteps`); first_chunk_weight: see :func:`first_chunk_weights`. Returns a scalar."""
     pred, target, scored = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max,
                                            full_context, frame_noise, anchor_first)
     if anchor_first:
         # an anchored first frame is context, not a frame to denoise: its flow is not scored
         keep = scored[(...,) + (None,) * (x0.dim() - 2)].to(pred)  # [B, F, 1, 1, 1]
         weight = keep if weight is None else weight * keep
+    if first_chunk_weight != 1.0:
+        first = first_chunk_weights(x0.shape[1], cache.chunk_frames, first_chunk_weight).to(pred)
+        weight = first if weight is None else weight * first
     return weighted_mse(pred, target, weight)
+
+
+def first_chunk_weights(n: int, chunk: int, factor: float) -> torch.Tensor:
+    """Per-frame loss weights [1, F, 1, 1, 1]: ``factor`` on the first chunk's frames, 1 after.
+
+    Why: the first chunk is the only one with no context, so it is where the text alone must say
+    which way the objects go; in a 3-chunk clip it is a third of the loss, and with the anchored
+    first frame unscored less. Weighted 3x for 600 CPU steps (on top of the anchored first chunk)
+    the direction word's first-chunk use rose to +17.6 % where the unweighted control reached
+    +12.3 (README, "The anchored first chunk")."""
+    if factor <= 0:
+        raise ValueError(f"first_chunk_weight must be > 0, got {factor:g}")
+    w = torch.ones(1, n, 1, 1, 1)
+    w[:, :chunk] = factor
+    return w
 
 
 def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,

@@ -21,7 +21,7 @@ from ..cache import make_cache
 from ..config import Preset
 from ..model import CausalDiT
 from ..scheduler import FlowSampler
-from .flow import anchored_timesteps, teacher_forcing_inputs, weighted_mse
+from .flow import anchored_timesteps, first_chunk_weights, teacher_forcing_inputs, weighted_mse
 
 
 @torch.no_grad()
@@ -54,12 +54,13 @@ def guided_flow(teacher: CausalDiT, x0: torch.Tensor, x_t: torch.Tensor, t: torc
 def guidance_distillation_loss(student: CausalDiT, teacher: CausalDiT, x0: torch.Tensor, text: torch.Tensor,
                                empty: torch.Tensor, preset: Preset, guidance: float, gen: torch.Generator,
                                weight: torch.Tensor | None = None, anchor_first: float = 0.0,
-                               anchor_max: float = 50.0) -> torch.Tensor:
+                               anchor_max: float = 50.0, first_chunk_weight: float = 1.0) -> torch.Tensor:
     """MSE between the student's flow (prompt only, clean context) and the teacher's guided flow on
     the same noisy clip. x0 [B, F, C, h, w] clean latents; weight as in ``flow_matching_loss``;
     anchor_first: the fraction of clips whose first frame is held at a level in [0, anchor_max]
     (the sampler's anchored first chunk, ``flow.anchored_timesteps``), not scored. Teacher and
-    student may differ in attention (a dense teacher for an MLA student)."""
+    student may differ in attention (a dense teacher for an MLA student); first_chunk_weight: the
+    first chunk's frames count that many times (``flow.first_chunk_weights``)."""
     sampler = FlowSampler(preset.sampler)
     B, n = x0.shape[:2]
     C = preset.cache.chunk_frames
@@ -72,6 +73,9 @@ def guidance_distillation_loss(student: CausalDiT, teacher: CausalDiT, x0: torch
         t, anchored = anchored_timesteps(t, t_anchor, anchor_first, gen)
         keep = (~anchored)[..., None, None, None].to(x0)  # [B, F, 1, 1, 1]
         weight = keep if weight is None else weight * keep
+    if first_chunk_weight != 1.0:
+        first = first_chunk_weights(n, C, first_chunk_weight).to(x0)  # [1, F, 1, 1, 1]
+        weight = first if weight is None else weight * first
     x_t = sampler.add_noise(x0, eps, t[..., None, None, None])
     target = guided_flow(teacher, x0, x_t, t, text, empty, preset, guidance)  # [B, F, C, h, w] fp32
     inputs = teacher_forcing_inputs(student, n, preset.cache)
