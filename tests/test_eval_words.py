@@ -141,8 +141,10 @@ def test_text_change_measures_how_far_the_encoder_moves_with_a_word(offline):
     s = te.encode([world.caption(BALL), world.caption(replace(BALL, motion="right")),
                    world.caption(replace(BALL, colour="blue"))]).float()  # [3, L, D]
     direction, colour = _text_change(s[0], s[1]), _text_change(s[0], s[2])
-    assert direction["change"] == pytest.approx(24.1, abs=2) and colour["change"] == pytest.approx(40.7, abs=2)
-    assert direction["one_token"] == pytest.approx(79.7, abs=3) and colour["one_token"] == pytest.approx(54.5, abs=3)
+    assert direction["change"] == pytest.approx(24.1, abs=2)
+    assert colour["change"] == pytest.approx(40.7, abs=2)
+    assert direction["one_token"] == pytest.approx(79.7, abs=3)
+    assert colour["one_token"] == pytest.approx(54.5, abs=3)
     assert _text_change(s[0], s[0]) == {"change": 0.0, "one_token": 0.0}
 
 

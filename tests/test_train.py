@@ -309,7 +309,8 @@ def test_first_chunk_weight_counts_the_first_chunk_that_many_times():
         plain = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0))
         assert torch.equal(flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0),
                                               first_chunk_weight=1.0), plain)
-        weighted = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0), first_chunk_weight=3.0)
+        weighted = flow_matching_loss(model, x0, text, P.cache, P.sampler, step_generator(0, 0),
+                                      first_chunk_weight=3.0)
         pred, target, _ = flow_prediction(model, x0, text, P.cache, P.sampler, step_generator(0, 0))
         first, later = weighted_mse(pred[:, :C], target[:, :C]), weighted_mse(pred[:, C:], target[:, C:])
     assert torch.allclose(weighted, (3 * C * first + (6 - C) * later) / (3 * C + 6 - C), rtol=1e-5)
@@ -317,7 +318,8 @@ def test_first_chunk_weight_counts_the_first_chunk_that_many_times():
     with pytest.raises(ValueError, match="first_chunk_weight must be > 0, got 0"):
         first_chunk_weights(6, C, 0.0)
     # the GPU recipe that trains the anchored first chunk weights it too; the shipped ones do not
-    assert RECIPES["tiny-t4-anchor-gpu"].first_chunk_weight == 3.0 and RECIPES["tiny-t4-gpu"].first_chunk_weight == 1.0
+    assert RECIPES["tiny-t4-anchor-gpu"].first_chunk_weight == 3.0
+    assert RECIPES["tiny-t4-gpu"].first_chunk_weight == 1.0
 
 
 def _guided_setup(attn):

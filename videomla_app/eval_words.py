@@ -12,9 +12,10 @@ chunks (their context shows the frames before), because the two differ: the ship
 the motion word in later chunks (+38 to +48 % when another motion is named) but not which way a
 straight motion goes (under 1 %), since the noisy frames and the context already show the way
 (README, "Which words the models use"). Next to each swap: how far the text encoder's token states
-move with it, and how much of that move sits in one token, so a word the model ignores can be told
-from one the encoder barely tells apart: a direction moves MiniLM's states least (about 24 %, most of it in
-its own token), but shape and count move them more than colour does and are not used either.
+move with it, and how much of that move sits in one token, so a word the model ignores can be
+told from one the encoder barely tells apart: a direction moves MiniLM's states least (about a
+quarter, most of it in its own token), but shape and count move them more than colour does and
+are not used either.
 """
 
 from __future__ import annotations

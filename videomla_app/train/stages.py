@@ -156,8 +156,9 @@ RECIPES["tiny-t4-gpu"] = replace(
     budget_shares=(("ae", 18), ("mha", 40), ("mla", 20), ("twin", 8), ("mla-cfg", 5), ("twin-cfg", 5)))
 # The 4x-stride recipe with the anchored first chunk in every DiT stage (README, "The anchored first
 # chunk"), the first chunk's loss weighted 3x: on the CPU it taught the direction word at a rate the
-# 2 cores cannot carry to the end. Its models ship with the anchored sampler. `RECIPE=tiny-t4-anchor-gpu bash scripts/gpu_train.sh` keeps
-# the shipped (stride-4) autoencoder and goes on from the stride-4 stage-1 weights in .carry/.
+# 2 cores cannot carry to the end. Its models ship with the anchored sampler.
+# `RECIPE=tiny-t4-anchor-gpu bash scripts/gpu_train.sh` keeps the shipped (stride-4) autoencoder and
+# goes on from the stride-4 stage-1 weights in .carry/.
 RECIPES["tiny-t4-anchor-gpu"] = replace(RECIPES["tiny-t4-gpu"], name="tiny-t4-anchor-gpu", anchor_first=0.75,
                                         first_chunk_weight=3.0)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
@@ -312,7 +313,8 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
         x0, text, weight = data.batch(step)
         return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen, weight=weight,
                                   full_context=recipe.full_context_noise, frame_noise=recipe.frame_noise,
-                                  anchor_first=recipe.anchor_first, first_chunk_weight=recipe.first_chunk_weight)
+                                  anchor_first=recipe.anchor_first,
+                                  first_chunk_weight=recipe.first_chunk_weight)
 
     return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data, start)
 
