@@ -18,7 +18,8 @@
 #           from .carry/mha.safetensors, stride-1 weights fit since the latent space is the same)
 #           RECIPE=tiny-t4-anchor-gpu bash scripts/gpu_train.sh   (every DiT stage trains the anchored
 #           first chunk, weighted 3x; keeps the shipped stride-4 autoencoder, stage 1 from the
-#           stride-4 weights in .carry/; check `videomla eval --words 64 --prompts 0` on its tiny-mha: the direction word)
+#           stride-4 weights in .carry/; check `videomla eval --words 64 --prompts 0` on its tiny-mha:
+#           the direction word)
 #   $OUT:   log.txt  train_logs.json  (eval.json with EVAL_SECONDS > 0, else mha.safetensors)
 #           assets/ae.safetensors  assets/tiny/model.{safetensors,json}  assets/tiny-mha/model.{safetensors,json}
 #           mha.safetensors: this run's final stage-1 weights (bf16, 14 MB), which no shipped file

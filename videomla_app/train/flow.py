@@ -76,8 +76,8 @@ def frame_timesteps(t: torch.Tensor, fraction: float, sampler: FlowSampler, gen:
 
 def anchored_timesteps(t: torch.Tensor, t_ctx: torch.Tensor, fraction: float, gen: torch.Generator
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Levels [B, F] and which frames were anchored [B, F], where a random ``fraction`` of the clips get their first frame at its context
-    level (0 to ``context_noise_max``) while the rest of the first chunk keeps the chunk's level:
+    """Levels [B, F] and which frames were anchored [B, F], where a random ``fraction`` of the clips
+    get their first frame at its context level (0 to ``context_noise_max``) while the rest of the first chunk keeps the chunk's level:
     the layout of the sampler's anchored first chunk (``SamplerConfig.anchor_first``).
 
     Why: with the first chunk's frames at one level, the position of an object and where it goes
@@ -109,14 +109,20 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
     (:func:`anchored_timesteps`); first_chunk_weight: see :func:`first_chunk_weights`. Returns a scalar."""
     pred, target, scored = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max,
                                            full_context, frame_noise, anchor_first)
-    if anchor_first:
-        # an anchored first frame is context, not a frame to denoise: its flow is not scored
-        keep = scored[(...,) + (None,) * (x0.dim() - 2)].to(pred)  # [B, F, 1, 1, 1]
-        weight = keep if weight is None else weight * keep
+    return weighted_mse(pred, target, frame_weight(weight, scored, cache.chunk_frames, first_chunk_weight))
+
+
+def frame_weight(weight: torch.Tensor | None, scored: torch.Tensor, chunk: int,
+                 first_chunk_weight: float = 1.0) -> torch.Tensor | None:
+    """``weight`` with a draw's per-frame factors folded in: 0 on frames not scored ``scored`` [B, F]
+    (an anchored first frame is context, not a frame to denoise), ``first_chunk_weight`` on the first
+    chunk. Both plain: ``weight`` unchanged (None stays None, so the loss is the plain MSE bit for bit)."""
+    if first_chunk_weight == 1.0 and bool(scored.all()):
+        return weight
+    w = scored[..., None, None, None].float()  # [B, F, 1, 1, 1]
     if first_chunk_weight != 1.0:
-        first = first_chunk_weights(x0.shape[1], cache.chunk_frames, first_chunk_weight).to(pred)
-        weight = first if weight is None else weight * first
-    return weighted_mse(pred, target, weight)
+        w = w * first_chunk_weights(scored.shape[1], chunk, first_chunk_weight).to(w)
+    return w if weight is None else weight * w.to(weight)
 
 
 def first_chunk_weights(n: int, chunk: int, factor: float) -> torch.Tensor:

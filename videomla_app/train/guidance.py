@@ -21,7 +21,7 @@ from ..cache import make_cache
 from ..config import Preset
 from ..model import CausalDiT
 from ..scheduler import FlowSampler
-from .flow import anchored_timesteps, first_chunk_weights, teacher_forcing_inputs, weighted_mse
+from .flow import anchored_timesteps, frame_weight, teacher_forcing_inputs, weighted_mse
 
 
 @torch.no_grad()
@@ -68,14 +68,11 @@ def guidance_distillation_loss(student: CausalDiT, teacher: CausalDiT, x0: torch
     idx = torch.randint(0, len(steps), (B, -(-n // C)), generator=gen)
     t = steps[idx].repeat_interleave(C, dim=1)[:, :n].to(x0.device)  # [B, F], one level per chunk
     eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
+    anchored = torch.zeros_like(t, dtype=torch.bool)  # [B, F]
     if anchor_first:  # drawn after the others: without it the random stream is unchanged
         t_anchor = (torch.rand(B, n, generator=gen) * anchor_max).to(t)  # [B, F]
         t, anchored = anchored_timesteps(t, t_anchor, anchor_first, gen)
-        keep = (~anchored)[..., None, None, None].to(x0)  # [B, F, 1, 1, 1]
-        weight = keep if weight is None else weight * keep
-    if first_chunk_weight != 1.0:
-        first = first_chunk_weights(n, C, first_chunk_weight).to(x0)  # [1, F, 1, 1, 1]
-        weight = first if weight is None else weight * first
+    weight = frame_weight(weight, ~anchored, C, first_chunk_weight)
     x_t = sampler.add_noise(x0, eps, t[..., None, None, None])
     target = guided_flow(teacher, x0, x_t, t, text, empty, preset, guidance)  # [B, F, C, h, w] fp32
     inputs = teacher_forcing_inputs(student, n, preset.cache)

@@ -359,7 +359,8 @@ def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: P
     def loss(m, step, gen):
         x0, text, weight = data.batch(step)
         return guidance_distillation_loss(m, teacher, x0, text, empty.expand_as(text), preset,
-                                          recipe.distill_guidance, gen, weight=weight, anchor_first=recipe.anchor_first,
+                                          recipe.distill_guidance, gen, weight=weight,
+                                          anchor_first=recipe.anchor_first,
                                           first_chunk_weight=recipe.first_chunk_weight)
 
     return _run(kind, model, cfg, out, loss, resume, limits, quiet, data)
