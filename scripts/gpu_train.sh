@@ -26,6 +26,7 @@
 #           holds (tiny-mha ships stage 4): kept as .carry/mha.safetensors, the next GPU run's stage 1
 #           goes on from them. The device returns 8 files, so an eval there leaves them behind.
 #   then:   VIDEOMLA_ASSETS=<files_at>/assets videomla eval --seconds 15 --repeats 4   (here, the real check)
+#           VIDEOMLA_ASSETS=<files_at>/assets videomla eval --seconds 60   (drift: the colour EMD row stays flat)
 #           VIDEOMLA_ASSETS=<candidate assets> videomla train card --out <files_at> --eval <its eval json> \
 #               --command "bash scripts/gpu_train.sh"          (the card reads train_logs.json)
 #
