@@ -55,6 +55,9 @@ def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     assert pipe.dtype == torch.bfloat16 and pipe.model.cfg.attn == ("mla" if name == "tiny" else "mha")
     total = sum(p.stat().st_size for p in assets_dir().rglob("*.safetensors"))
     assert total <= 30 * 2**20  # every shipped weight together
+    # the window a 9-frame training clip shows its last chunk (sink 1 + 5 + chunk 3): with the presets'
+    # 6 the MLA model drifted after 15 s (README, "Drift and the window")
+    assert spec["cache"] == {"window_frames": 5} and pipe.preset.cache.window_frames == 5
     cache = {n: sum(t.nbytes for t in p.new_state(0).cache.tensors.values()) for n, p in pipes.items()}
     assert cache["tiny-mha"] >= 6 * cache["tiny"]  # the MLA cache is >= 6x smaller at the same window
 
@@ -98,3 +101,33 @@ def test_benchmark_times_the_shipped_model_cold_and_warm():
 
     times = _pipeline_case(reps=1, device="cpu", chunks=2)
     assert set(times) == {"tiny/warm-0", "tiny/warm-750"} and all(0 < t < 60 for t in times.values())
+
+
+def test_model_json_sets_the_cache_geometry_and_the_user_overrides_it(tmp_path, monkeypatch):
+    """model.json's "cache" gives trained weights the sink and window they were trained to read
+    (the chunk stays the preset's); --window / --sink still win, and a field it cannot set is a
+    one-line error naming it."""
+    import shutil
+
+    from videomla_app.config import CacheConfig
+    from videomla_app.models import ModelUnavailable
+
+    assets = tmp_path / "assets"
+    (assets / "tiny").mkdir(parents=True)
+    shutil.copy(assets_dir() / "ae.safetensors", assets)
+    shutil.copy(assets_dir() / "tiny" / "model.safetensors", assets / "tiny")
+    spec = json.loads((assets_dir() / "tiny" / "model.json").read_text())
+    monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
+
+    def write(cache):
+        (assets / "tiny" / "model.json").write_text(json.dumps({**spec, "cache": cache}))
+
+    write({"sink_frames": 0, "window_frames": 2})
+    pipe = load_pipeline("tiny")
+    assert pipe.preset.cache == CacheConfig(sink_frames=0, window_frames=2, chunk_frames=3)
+    assert load_pipeline("tiny", window=4).preset.cache == CacheConfig(0, 4, 3)
+    frames = list(pipe.stream("a red ball bouncing in a blue sky", 3, seed=0))[-1].frames
+    assert frames.shape[1:] == (128, 128, 3)  # 3 chunks: the 2-frame window has slid
+    write({"chunk_frames": 2})
+    with pytest.raises(ModelUnavailable, match="may set sink_frames and window_frames, not chunk_frames"):
+        load_pipeline("tiny")

@@ -1,5 +1,6 @@
 """The training loop lowers the loss and resumes exactly; flow matching trains the causal DiT."""
 
+import json
 import math
 import os
 
@@ -133,6 +134,9 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
         folder = "tiny" if attn == "mla" else "tiny-mha"
         shipped = load_file(str(tmp_path / "assets" / folder / "model.safetensors"))
         assert all(torch.equal(v, student.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
+        # the window a 4-frame clip trained (sink 1 + window 1 + chunk 2), not the preset's 2
+        spec = json.loads((tmp_path / "assets" / folder / "model.json").read_text())
+        assert spec["cache"] == {"window_frames": 1}
     os.environ["VIDEOMLA_ASSETS"] = str(tmp_path / "assets")
     try:
         for name in ("tiny", "tiny-mha"):
@@ -143,6 +147,7 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
             assert pipe.preset.sampler.warm_start == (600.0 if name == "tiny" else 300.0)
             assert load_pipeline(name, warm_start=0).preset.sampler.warm_start == 0
             assert pipe.preset.sampler.anchor_first  # trained anchored, shipped with the anchored sampler
+            assert pipe.preset.cache.window_frames == 1
             ev = list(pipe.stream("a red ball", 2, seed=0))
             assert ev[-1].frames.shape == (r.dit_clip_frames // 2, 32, 32, 3) or ev[-1].frames.shape[1:] == (32, 32, 3)
     finally:

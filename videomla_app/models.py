@@ -217,6 +217,13 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
     # The trained weights' own sampler defaults (guidance, warm start, context noise) sit between the
     # preset and the user.
     tuned = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("sampler", {}).items()}
+    # ... and so does their cache geometry: how many sink and window frames they were trained to read
+    # (the chunk size is the preset's: the weights were trained on it).
+    geometry = spec.get("cache", {})
+    if not set(geometry) <= {"sink_frames", "window_frames"}:
+        raise ModelUnavailable(f"{name}: model.json 'cache' may set sink_frames and window_frames, "
+                               f"not {', '.join(sorted(set(geometry) - {'sink_frames', 'window_frames'}))}")
+    p = replace(p, cache=replace(p.cache, **{k: int(v) for k, v in geometry.items()}))
     base = configure(replace(p, sampler=replace(p.sampler, **tuned)), steps, window, sink, guidance, warm_start,
                      context_noise)
     model_cfg = replace(base.model, latent_channels=spec["latent_channels"], latent_hw=tuple(spec["latent_hw"]),

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..autoencoder import CausalVideoAE
+from ..config import get_preset
 from .loop import read_checkpoint_log
 from .stages import Recipe, stage_config
 
@@ -70,6 +71,19 @@ def save_bf16(src: Path, dst: Path) -> None:
               metadata={"format": "videomla-dit/1"})
 
 
+def _trained_cache(recipe: Recipe, preset: str) -> dict:
+    """model.json's "cache": the window the weights were trained to read, when the preset's is longer.
+
+    Why: a training clip of ``dit_clip_frames`` latent frames shows its last chunk the sink and at
+    most ``dit_clip_frames - sink - chunk`` window frames (5 for the tiny recipes, whose presets keep 6),
+    so a 6th window frame puts keys at a distance no step trained. On 8 prompts x 60 s the shipped
+    `tiny` drifted with 6 (colour EMD to the rendered frames 6.0 -> 9.5) and held with 5
+    (5.8 -> 8.0; quality +3.4 +- 2.0, paired); with 8 it fell apart (README, "Drift and the window")."""
+    cache = get_preset(preset).cache
+    trained = recipe.dit_clip_frames - cache.sink_frames - cache.chunk_frames
+    return {"cache": {"window_frames": trained}} if 0 <= trained < cache.window_frames else {}
+
+
 def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder) -> list[Path]:
     """Write every shipped file under ``out``; returns their paths relative to it."""
     written = []
@@ -89,6 +103,7 @@ def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder) -> list[P
                 "sampler": {"guidance": recipe.guidance, "warm_start": getattr(recipe, warm_field),
                             "context_noise": recipe.context_noise,
                             **({"anchor_first": True} if recipe.anchor_first else {})},
+                **_trained_cache(recipe, getattr(recipe, preset_field)),
                 "train": _trained_config(run_dir, stage, recipe)}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         written += [Path(name) / "model.safetensors", Path(name) / "model.json"]
