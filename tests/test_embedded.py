@@ -131,3 +131,6 @@ def test_model_json_sets_the_cache_geometry_and_the_user_overrides_it(tmp_path, 
     write({"chunk_frames": 2})
     with pytest.raises(ModelUnavailable, match="may set sink_frames and window_frames, not chunk_frames"):
         load_pipeline("tiny")
+    write({"window_frames": "five"})
+    with pytest.raises(ModelUnavailable, match="frame counts must be whole numbers 0..1000"):
+        load_pipeline("tiny")
