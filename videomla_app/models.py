@@ -223,10 +223,12 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
     if not set(geometry) <= {"sink_frames", "window_frames"}:
         raise ModelUnavailable(f"{name}: model.json 'cache' may set sink_frames and window_frames, "
                                f"not {', '.join(sorted(set(geometry) - {'sink_frames', 'window_frames'}))}")
-    if not all(isinstance(v, int) and 0 <= v <= 1000 for v in geometry.values()):
-        raise ModelUnavailable(f"{name}: model.json 'cache' frame counts must be whole numbers 0..1000, "
-                               f"got {geometry}")
-    p = replace(p, cache=replace(p.cache, **geometry))
+    if not all(isinstance(v, int) for v in geometry.values()):
+        raise ModelUnavailable(f"{name}: model.json 'cache' frame counts must be whole numbers 0..1000 "
+                               f"(sink 0..100), got {geometry}")
+    # --window / --sink win; configure checks the values either way
+    window = geometry.get("window_frames") if window is None else window
+    sink = geometry.get("sink_frames") if sink is None else sink
     base = configure(replace(p, sampler=replace(p.sampler, **tuned)), steps, window, sink, guidance, warm_start,
                      context_noise)
     model_cfg = replace(base.model, latent_channels=spec["latent_channels"], latent_hw=tuple(spec["latent_hw"]),

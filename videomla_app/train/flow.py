@@ -77,8 +77,9 @@ def frame_timesteps(t: torch.Tensor, fraction: float, sampler: FlowSampler, gen:
 def anchored_timesteps(t: torch.Tensor, t_ctx: torch.Tensor, fraction: float, gen: torch.Generator
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Levels [B, F] and which frames were anchored [B, F], where a random ``fraction`` of the clips
-    get their first frame at its context level (0 to ``context_noise_max``) while the rest of the first chunk keeps the chunk's level:
-    the layout of the sampler's anchored first chunk (``SamplerConfig.anchor_first``).
+    get their first frame at its context level (0 to ``context_noise_max``) while the rest of the
+    first chunk keeps the chunk's level: the layout of the sampler's anchored first chunk
+    (``SamplerConfig.anchor_first``).
 
     Why: with the first chunk's frames at one level, the position of an object and where it goes
     are both read off the same noisy frames, so the caption's motion word lowers the loss by
