@@ -17,7 +17,8 @@ def train(
     stage: Annotated[str, typer.Argument(help="ae, mha, mla, twin, mla-cfg, twin-cfg, all, ship (export to assets/) or card (model card).")] = "all",
     recipe: Annotated[str, typer.Option(help="Recipe: tiny (the CPU run), tiny-gpu (its budget split for minutes on a GPU), "
                                              "tiny-t4-gpu (4 video frames per latent frame), tiny-t4-anchor-gpu (that, with "
-                                             "the anchored first chunk, weighted 3x) or smoke (seconds).")] = "tiny",
+                                             "the anchored first chunk, weighted 3x), tiny-t4-cpu (more MLA fine-tune and "
+                                             "distillation on the CPU, from a bank of clips) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
@@ -35,6 +36,9 @@ def train(
                                                      "(default: 0 on the CPU, up to 8 on a GPU).")] = None,
     mha_from: Annotated[Path | None, typer.Option(
         help="mha/all: start stage 1 from these dense weights (a run's mha.safetensors) instead of random ones.")] = None,
+    mla_from: Annotated[Path | None, typer.Option(
+        help="mla: go on from these MLA weights (e.g. assets/tiny/model.safetensors) instead of converting "
+             "the stage-1 weights.")] = None,
     ae_from: Annotated[Path | None, typer.Option(
         help="ae/all: start stage 0 from this autoencoder (restrided to the recipe's temporal stride).")] = None,
 ) -> None:
@@ -49,6 +53,8 @@ def train(
           --mha-from runs/tiny/mha.safetensors                     # stage 1 goes on from CPU weights
       videomla train all --recipe tiny-t4-gpu --out runs/t4 --device cuda --batch 32 --budget-minutes 8 \
           --ae-from assets/ae.safetensors --mha-from runs/tiny/mha.safetensors   # 4x temporal stride
+      videomla train mla --recipe tiny-t4-cpu --out runs/cpu --mla-from assets/tiny/model.safetensors
+                                                    # more stage 2 on the CPU (assets/ae.safetensors copied to --out)
       videomla train ship --out runs/tiny                          # copy the weights into assets/
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
       videomla train card --out gpu_out --eval gpu_out/eval.json --command "bash scripts/gpu_train.sh"
@@ -78,9 +84,10 @@ def train(
         raise UsageError(f"--out {out_dir} is a file, not a folder")
     if workers is not None and not 0 <= workers <= 64:
         raise UsageError(f"--workers must be between 0 and 64, got {workers}")
-    for flag, path, starts in (("--mha-from", mha_from, "mha"), ("--ae-from", ae_from, "ae")):
+    for flag, path, starts in (("--mha-from", mha_from, "mha"), ("--ae-from", ae_from, "ae"),
+                               ("--mla-from", mla_from, "mla")):
         if path is not None:
-            if stage not in (starts, "all"):
+            if stage not in (starts, "all") or (flag == "--mla-from" and stage == "all"):
                 raise UsageError(f"{flag} starts stage {starts}; stage {stage} does not use it")
             if not path.is_file():
                 raise UsageError(f"{flag} {path}: no such file")
@@ -142,6 +149,8 @@ def train(
     if stage != "all":
         rflag = "" if recipe == "tiny" else f" --recipe {recipe}"
         for need in NEEDS.get(stage, ()):
+            if need == "mha" and mla_from is not None:
+                continue  # stage 2 starts from --mla-from, not from the stage-1 weights
             if not (out_dir / f"{need}.safetensors").is_file():
                 raise UsageError(f"stage {stage} needs {out_dir / f'{need}.safetensors'}, which stage {need} "
                                  f"writes: run 'videomla train {need}{rflag} --out {out_dir}' first (or 'train all')")
@@ -207,7 +216,7 @@ def train(
             if text is None:  # loaded once, by the first stage that trains
                 text = recipe_text_encoder(r, dev)
             _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_until=until,
-                                   mha_from=mha_from)
+                                   mha_from=mha_from, mla_from=mla_from)
             if not weights(s).exists():
                 return unfinished(f"stopped in stage {s} at step {trainer.step}")
     except CheckpointError as e:

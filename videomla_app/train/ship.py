@@ -44,6 +44,32 @@ def missing_weights(run_dir: Path) -> list[str]:
     return [" or ".join(names) for names in need if not any((run_dir / n).is_file() for n in names)]
 
 
+def _has(run_dir: Path, model: str) -> bool:
+    return any((run_dir / f"{s}.safetensors").is_file() for s in EXPORTS[model][0])
+
+
+def kept_models(run_dir: Path, assets: Path) -> list[str]:
+    """The shipped models a run leaves as they are: those it has no weights of, when it has the
+    other's and its autoencoder is the shipped one, byte for byte (a CPU run that goes on with one
+    model, e.g. `train mla --mla-from`). Raises FileNotFoundError when the run cannot ship.
+
+    Why byte for byte: the shipped DiTs read that autoencoder's latents; a run that trained its own
+    must ship both models with it, or the kept one would decode into noise."""
+    missing = missing_weights(run_dir)
+    if not missing:
+        return []
+    lacking = [m for m in EXPORTS if not _has(run_dir, m)]
+    why = ""
+    if len(missing) == 1 and len(lacking) == 1:  # it has the autoencoder and one model
+        ae, shipped = run_dir / "ae.safetensors", assets / "ae.safetensors"
+        if (assets / lacking[0] / "model.safetensors").is_file() and shipped.is_file() \
+                and ae.read_bytes() == shipped.read_bytes():
+            return lacking
+        why = f" (it can leave {lacking[0]} as shipped only when its ae.safetensors is the shipped one)"
+    raise FileNotFoundError(f"{run_dir} holds no finished training run to ship: "
+                            f"missing {'; '.join(missing)}{why}")
+
+
 def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path]:
     """Copy a run's final weights into ``assets``; returns the files written.
 
@@ -51,12 +77,10 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
     latents), so a run that lacks a stage, or a disk that fills up, must leave the old set whole.
     Everything is written to a folder inside ``assets`` first and moved into place only when all of
     it is there."""
-    missing = missing_weights(run_dir)
-    if missing:
-        raise FileNotFoundError(f"{run_dir} holds no finished training run to ship: missing {'; '.join(missing)}")
+    kept = kept_models(run_dir, assets)
     assets.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".ship-", dir=assets) as tmp:
-        staged = _write_all(run_dir, Path(tmp), recipe, text_encoder)
+        staged = _write_all(run_dir, Path(tmp), recipe, text_encoder, kept)
         for rel in staged:
             (assets / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / rel, assets / rel)
@@ -84,13 +108,17 @@ def _trained_cache(recipe: Recipe, preset: str) -> dict:
     return {"cache": {"window_frames": trained}} if 0 <= trained < cache.window_frames else {}
 
 
-def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder) -> list[Path]:
-    """Write every shipped file under ``out``; returns their paths relative to it."""
+def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder, kept: list[str]) -> list[Path]:
+    """Write every shipped file under ``out`` (not those of the ``kept`` models); returns their
+    paths relative to it."""
     written = []
     ae = CausalVideoAE.load(run_dir / "ae.safetensors")
-    ae.save(out / "ae.safetensors")
-    written.append(Path("ae.safetensors"))
+    if not kept:  # else it is the shipped file already
+        ae.save(out / "ae.safetensors")
+        written.append(Path("ae.safetensors"))
     for name, (stages, preset_field, warm_field) in EXPORTS.items():
+        if name in kept:
+            continue
         stage = next(s for s in stages if (run_dir / f"{s}.safetensors").is_file())
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)

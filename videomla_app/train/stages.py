@@ -87,6 +87,9 @@ class Recipe:
     # direction word +17.6 % against the unweighted +12.3, motion +4.0 +- 3.3 (README).
     first_chunk_weight: float = 1.0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
+    # Batches of clips the DiT stages render once into <run>/bank/ and draw every step from
+    # (``bank.LatentBank``; 0: fresh clips every step): 2.5x the steps per hour on the 2-core CPU.
+    bank_batches: int = 0
     distill_guidance: float = 2.0  # the guidance scale stage 4 bakes in
     # How `train --budget-minutes` splits its time: each stage's share of the recipe's reference run
     # (its wall minutes), so a budget-sized run keeps roughly the recipe's balance between stages.
@@ -161,6 +164,18 @@ RECIPES["tiny-t4-gpu"] = replace(
 # goes on from the stride-4 stage-1 weights in .carry/.
 RECIPES["tiny-t4-anchor-gpu"] = replace(RECIPES["tiny-t4-gpu"], name="tiny-t4-anchor-gpu", anchor_first=0.75,
                                         first_chunk_weight=3.0)
+# More MLA fine-tune (stage 2) and its guidance distillation on the 2-core CPU, from the shipped `tiny`
+# (`train mla --mla-from`; the twin is not trained, `ship` leaves it): the H200 run gave stage 2
+# 284 steps x 32 clips, ending at loss 0.27 against the twin's 0.23, still falling. Batch 8 from a
+# bank of 1,520 clips (2.8 s/step instead of 7): 987 steps (48 min), then 153 distillation steps
+# (10 min); the step counts and warm-ups are the ones a 48- and a 10-minute budget chose. Held-out
+# flow loss 0.306 -> 0.280 (the twin's 0.265), 2-minute quality +2 and motion +8, but colour -6 +- 4
+# and dynamics -9 +- 3 on the 56 motion prompts: not shipped (README, "More MLA fine-tune on the CPU").
+RECIPES["tiny-t4-cpu"] = replace(
+    RECIPES["tiny-t4-gpu"], name="tiny-t4-cpu", bank_batches=190,
+    mla_train=TrainConfig(steps=987, batch=8, lr=1e-4, warmup=30, ckpt_every=50, warmup_from=6, warmup_rate=0.2),
+    distill_train=TrainConfig(steps=153, batch=8, lr=1e-4, warmup=15, ckpt_every=50, warmup_from=6,
+                              warmup_rate=6 / 21))
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
@@ -281,7 +296,7 @@ class StartWeightsError(ValueError):
 
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0,
-              fit_until: float | None = None, mha_from: Path | None = None):
+              fit_until: float | None = None, mha_from: Path | None = None, mla_from: Path | None = None):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
     (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3). ``fit_until``: a
@@ -289,7 +304,9 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
 
     ``mha_from``: stage 1 continues from these dense weights instead of random ones (a fresh
     optimizer and the stage's whole schedule), so a run lent a GPU for minutes builds on the hours of
-    CPU training behind the shipped weights instead of starting over; the card records the file."""
+    CPU training behind the shipped weights instead of starting over; the card records the file.
+    ``mla_from``: stage 2 goes on from these MLA weights (e.g. the shipped `tiny`) instead of
+    converting the stage-1 weights, so a CPU run can add steps to a GPU run's stage 2."""
     limits = (max_minutes, fit_until)
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
@@ -303,11 +320,14 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
     elif kind == "twin":
         model = build_model(preset.model)
         model.load_state_dict(_weights(out / "mha.safetensors"))
+    elif mla_from is not None:
+        model = build_model(preset.model)
+        start = _load_start(model, mla_from, "--mla-from")
     else:
         dense = build_model(dit_preset(recipe, "mha", ae, text_encoder).model)
         dense.load_state_dict(_weights(out / "mha.safetensors"))
         model = convert_model(dense, preset.model, init, cfg.seed)
-    data = LatentData(recipe, ae, text_encoder, cfg.seed, cfg.batch, workers)
+    data = _data(recipe, out, ae, text_encoder, cfg, workers, recipe.caption_dropout, quiet)
 
     def loss(m, step, gen):
         x0, text, weight = data.batch(step)
@@ -319,7 +339,18 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
     return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data, start)
 
 
-def _load_start(model: torch.nn.Module, path: Path) -> str:
+def _data(recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, cfg: TrainConfig, workers: int,
+          caption_dropout: float, quiet: bool):
+    """A DiT stage's clips: drawn from the run's bank when the recipe has one, else rendered."""
+    if recipe.bank_batches:
+        from .bank import LatentBank
+
+        return LatentBank(recipe, ae, text_encoder, out / "bank", cfg.batch, caption_dropout, workers, quiet)
+    return LatentData(replace(recipe, caption_dropout=caption_dropout), ae, text_encoder, cfg.seed, cfg.batch,
+                      workers)
+
+
+def _load_start(model: torch.nn.Module, path: Path, flag: str = "--mha-from") -> str:
     """Load ``path`` (safetensors, any float dtype: shipped weights are bf16) into ``model`` as fp32;
     returns how the card names it: the file name and the start of its SHA-256."""
     from safetensors import SafetensorError
@@ -328,12 +359,14 @@ def _load_start(model: torch.nn.Module, path: Path) -> str:
     try:
         weights = load_file(str(path))
     except (OSError, SafetensorError) as e:
-        raise StartWeightsError(f"--mha-from {path}: not readable safetensors weights ({e})") from None
+        raise StartWeightsError(f"{flag} {path}: not readable safetensors weights ({e})") from None
     try:
         model.load_state_dict({k: v.float() for k, v in weights.items()})
     except RuntimeError:
-        raise StartWeightsError(f"--mha-from {path}: not weights of this recipe's dense model (names or shapes "
-                                "differ); use a run's mha.safetensors or a tiny-mha model.safetensors") from None
+        what, use = (("MLA", "mla.safetensors or a tiny") if flag == "--mla-from"
+                     else ("dense", "mha.safetensors or a tiny-mha"))
+        raise StartWeightsError(f"{flag} {path}: not weights of this recipe's {what} model (names or shapes "
+                                f"differ); use a run's {use} model.safetensors") from None
     return _start_label(path)
 
 
@@ -353,7 +386,7 @@ def _distill(kind: str, recipe: Recipe, cfg: TrainConfig, preset: Preset, out: P
     model.load_state_dict(base)
     teacher.load_state_dict(base)
     teacher.requires_grad_(False).eval()
-    data = LatentData(replace(recipe, caption_dropout=0.0), ae, text_encoder, cfg.seed, cfg.batch, workers)
+    data = _data(recipe, out, ae, text_encoder, cfg, workers, 0.0, quiet)
     empty = text_encoder.encode([""]).to(ae.device)  # [1, L, D]
 
     def loss(m, step, gen):

@@ -1,0 +1,116 @@
+"""A CPU run that goes on with one model: stage 2 from given MLA weights (`train mla --mla-from`),
+clips drawn from a bank rendered once, and a ship that leaves the other model as shipped."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from videomla_app.autoencoder import build_autoencoder
+from videomla_app.cli import app
+from videomla_app.encoders import ToyTextEncoder
+from videomla_app.model import build_model
+from videomla_app.train.bank import BANK_SEED, RENDER_BATCH, LatentBank
+from videomla_app.train.ship import ship
+from videomla_app.train.stages import RECIPES, LatentData, dit_preset, train_dit
+
+SMOKE = replace(RECIPES["smoke"], object_weight=4.0, caption_dropout=0.5)
+
+
+def test_the_bank_renders_once_and_every_step_draws_its_own_seeded_clips(tmp_path, monkeypatch):
+    ae, text = build_autoencoder("ae-tiny", seed=0).eval(), ToyTextEncoder(32, 8)
+    r = replace(SMOKE, bank_batches=2)
+    bank = LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == ["b0000.pt", "b0001.pt"]
+    assert len(bank) == 2 * RENDER_BATCH
+    # the banked clips are the rendered ones (fp16), in order
+    fresh = LatentData(replace(r, caption_dropout=0.0), ae, text, BANK_SEED, RENDER_BATCH)
+    x0, states, weight = fresh.batch(1)
+    fresh.close()
+    assert torch.equal(bank.x0[RENDER_BATCH:].float(), x0.half().float())
+    assert torch.equal(bank.text[RENDER_BATCH:], states)
+    assert torch.equal(bank.weight[RENDER_BATCH:].float(), weight)
+    a, b = bank.batch(7), bank.batch(7)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))  # a step's batch is its own (resume sees it again)
+    assert a[0].shape == (4, *x0.shape[1:]) and a[0].dtype == torch.float32 and a[2].shape[0] == 4
+    assert not torch.equal(bank.batch(8)[0], a[0])
+    # a second stage reads the bank without rendering; caption dropout replaces prompts by the empty one
+    monkeypatch.setattr(LatentData, "batch", lambda *_: pytest.fail("rendered again"))
+    dropped = LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=1.0, quiet=True)
+    assert torch.equal(dropped.batch(7)[0], a[0])
+    assert torch.equal(dropped.batch(7)[1], text.encode([""]).expand(4, -1, -1))
+    with pytest.raises(ValueError, match="a bank of 16 clips cannot fill a batch of 32"):
+        LatentBank(r, ae, text, tmp_path / "bank", batch=32, caption_dropout=0.0, quiet=True)
+
+
+def _shipped(tmp_path):
+    """An assets folder with an autoencoder and a tiny-mha, and a run folder with that same autoencoder."""
+    assets, run = tmp_path / "assets", tmp_path / "run"
+    (assets / "tiny-mha").mkdir(parents=True)
+    run.mkdir()
+    build_autoencoder("ae-tiny", seed=0).save(assets / "ae.safetensors")
+    (run / "ae.safetensors").write_bytes((assets / "ae.safetensors").read_bytes())
+    for name in ("model.safetensors", "model.json"):
+        (assets / "tiny-mha" / name).write_text("the shipped twin")
+    return assets, run
+
+
+def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path):
+    assets, run = _shipped(tmp_path)
+    text = ToyTextEncoder(32, 8)
+    from videomla_app.autoencoder import CausalVideoAE
+
+    ae = CausalVideoAE.load(run / "ae.safetensors")
+    r = replace(SMOKE, bank_batches=1)
+    start = build_model(dit_preset(r, "mla", ae, text).model, seed=5)
+    save_file({k: v.to(torch.bfloat16) for k, v in start.state_dict().items()},
+              str(tmp_path / "start.safetensors"))
+    mla, trainer = train_dit("mla", r, run, ae, text, quiet=True, mla_from=tmp_path / "start.safetensors")
+    assert not (run / "mha.safetensors").exists() and (run / "bank" / "b0000.pt").exists()
+    assert trainer.init.startswith("start.safetensors (sha256 ") and len(trainer.log) == r.mla_train.steps
+    begun = {k: v.bfloat16().float() for k, v in start.state_dict().items()}
+    assert any(not torch.equal(v, begun[k]) for k, v in mla.state_dict().items())  # it trained
+    # ship writes tiny and leaves the shipped twin and autoencoder alone
+    ae_bytes = (assets / "ae.safetensors").read_bytes()
+    written = ship(run, assets, r, text)
+    assert sorted(p.relative_to(assets).as_posix() for p in written) == ["tiny/model.json",
+                                                                          "tiny/model.safetensors"]
+    shipped = load_file(str(assets / "tiny" / "model.safetensors"))
+    assert all(torch.equal(v, mla.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
+    assert (assets / "tiny-mha" / "model.safetensors").read_text() == "the shipped twin"
+    assert (assets / "ae.safetensors").read_bytes() == ae_bytes
+    # a run with its own autoencoder cannot leave the twin: it reads other latents
+    build_autoencoder("ae-tiny", seed=1).save(run / "ae.safetensors")
+    with pytest.raises(FileNotFoundError, match="can leave tiny-mha as shipped only when its ae.safetensors is"):
+        ship(run, assets, r, text)
+
+
+def test_train_mla_from_on_the_command_line(tmp_path, monkeypatch):
+    """`--mla-from` replaces stage 2's need for the stage-1 weights; other stages refuse it; a file
+    that is not MLA weights gets one line."""
+    assets, run = _shipped(tmp_path)
+    monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
+    from videomla_app.autoencoder import CausalVideoAE
+
+    ae, text = CausalVideoAE.load(run / "ae.safetensors"), ToyTextEncoder(32, 8)
+    mla = build_model(dit_preset(SMOKE, "mla", ae, text).model, seed=5)
+    save_file(mla.state_dict(), str(tmp_path / "mla.safetensors"))
+    dense = build_model(dit_preset(SMOKE, "mha", ae, text).model, seed=5)
+    save_file(dense.state_dict(), str(tmp_path / "mha.safetensors"))
+
+    def train(*args):
+        return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
+
+    r = train("mha", "--mla-from", str(tmp_path / "mla.safetensors"))
+    assert r.exit_code == 2 and r.output == "error: --mla-from starts stage mla; stage mha does not use it\n"
+    r = train("mla", "--mla-from", str(tmp_path / "mha.safetensors"))
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
+        f"error: --mla-from {tmp_path}/mha.safetensors: not weights of this recipe's MLA model (names or "
+        "shapes differ); use a run's mla.safetensors or a tiny model.safetensors"), r.output
+    r = train("mla", "--mla-from", str(tmp_path / "mla.safetensors"))
+    assert r.exit_code == 0 and (run / "mla.safetensors").exists(), r.output
+    r = CliRunner().invoke(app, ["train", "ship", "--recipe", "smoke", "--out", str(run)])
+    assert r.exit_code == 0 and "wrote" in r.output and "tiny-mha" not in r.output, r.output
+    assert (assets / "tiny-mha" / "model.json").read_text() == "the shipped twin"
