@@ -43,6 +43,18 @@ def test_the_bank_renders_once_and_every_step_draws_its_own_seeded_clips(tmp_pat
     assert torch.equal(dropped.batch(7)[1], text.encode([""]).expand(4, -1, -1))
     with pytest.raises(ValueError, match="a bank of 16 clips cannot fill a batch of 32"):
         LatentBank(r, ae, text, tmp_path / "bank", batch=32, caption_dropout=0.0, quiet=True)
+    # a damaged file is named (the CLI prints it on one line); deleted, it is rendered again, the same
+    from videomla_app.train.loop import CheckpointError
+
+    good = (tmp_path / "bank" / "b0001.pt").read_bytes()
+    for junk in (good[:500], b"junk"):
+        (tmp_path / "bank" / "b0001.pt").write_bytes(junk)
+        with pytest.raises(CheckpointError, match=r"b0001.pt is not a readable bank file \(.*\): delete it"):
+            LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    (tmp_path / "bank" / "b0001.pt").unlink()
+    monkeypatch.undo()
+    again = LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    assert torch.equal(again.batch(7)[0], a[0])
 
 
 def _shipped(tmp_path):

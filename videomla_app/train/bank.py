@@ -49,12 +49,13 @@ class LatentBank:
                 for i in todo:
                     x0, text, weight = render.batch(i)
                     with replacing(files[i]) as tmp:
-                        # fp16 halves the bank (latents are ~N(0, 1): 3 decimal digits, under bf16's 2)
+                        # fp16 halves the bank; its 11-bit mantissa is finer than the bf16 autocast
+                        # that reads the latents (~N(0, 1))
                         torch.save({"x0": x0.to(torch.float16).cpu(), "text": text.cpu(),
                                     "w": None if weight is None else weight.to(torch.float16).cpu()}, tmp)
             finally:
                 render.close()
-        parts = [torch.load(f, weights_only=True) for f in files]
+        parts = [_read(f) for f in files]
         dev = ae.device
         self.x0 = torch.cat([p["x0"] for p in parts]).to(dev)  # [N, F, C, h, w] fp16
         self.text = torch.cat([p["text"] for p in parts]).to(dev)  # [N, L, D]
@@ -78,3 +79,17 @@ class LatentBank:
 
     def close(self) -> None:
         pass
+
+
+def _read(path: Path) -> dict:
+    """One bank file; a damaged one is named, so deleting it (it is rendered again) fixes the run."""
+    from .loop import CheckpointError
+
+    try:
+        part = torch.load(path, weights_only=True)
+        if not (isinstance(part, dict) and {"x0", "text", "w"} <= part.keys()):
+            raise ValueError("not a bank file")
+    except Exception as e:  # unpickling errors have no common base class
+        raise CheckpointError(f"{path} is not a readable bank file ({str(e).splitlines()[0][:80]}): delete it "
+                              "and the next run renders it again") from None
+    return part
