@@ -171,6 +171,8 @@ RECIPES["tiny-t4-anchor-gpu"] = replace(RECIPES["tiny-t4-gpu"], name="tiny-t4-an
 # (10 min); the step counts and warm-ups are the ones a 48- and a 10-minute budget chose. Held-out
 # flow loss 0.306 -> 0.280 (the twin's 0.265), 2-minute quality +2 and motion +8, but colour -6 +- 4
 # and dynamics -9 +- 3 on the 56 motion prompts: not shipped (README, "More MLA fine-tune on the CPU").
+# Its stage 2 sampled with real guidance 2 had colour -2 +- 4 and quality +5 +- 2 there: the
+# distillation, not the fine-tune, lost most of the colour.
 RECIPES["tiny-t4-cpu"] = replace(
     RECIPES["tiny-t4-gpu"], name="tiny-t4-cpu", bank_batches=190,
     mla_train=TrainConfig(steps=987, batch=8, lr=1e-4, warmup=30, ckpt_every=50, warmup_from=6, warmup_rate=0.2),
