@@ -84,11 +84,12 @@ def train(
         raise UsageError(f"--out {out_dir} is a file, not a folder")
     if workers is not None and not 0 <= workers <= 64:
         raise UsageError(f"--workers must be between 0 and 64, got {workers}")
-    for flag, path, starts in (("--mha-from", mha_from, "mha"), ("--ae-from", ae_from, "ae"),
-                               ("--mla-from", mla_from, "mla")):
+    # flag, its weights, the stages that use it (`all` converts stage 1 into stage 2, so no --mla-from)
+    for flag, path, used_by in (("--mha-from", mha_from, ("mha", "all")), ("--ae-from", ae_from, ("ae", "all")),
+                                ("--mla-from", mla_from, ("mla",))):
         if path is not None:
-            if stage not in (starts, "all") or (flag == "--mla-from" and stage == "all"):
-                raise UsageError(f"{flag} starts stage {starts}; stage {stage} does not use it")
+            if stage not in used_by:
+                raise UsageError(f"{flag} starts stage {used_by[0]}; stage {stage} does not use it")
             if not path.is_file():
                 raise UsageError(f"{flag} {path}: no such file")
     overrides = {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
