@@ -103,6 +103,14 @@ def test_benchmark_times_the_shipped_model_cold_and_warm():
     assert set(times) == {"tiny/warm-0", "tiny/warm-750"} and all(0 < t < 60 for t in times.values())
 
 
+def test_benchmark_times_guidance_as_two_calls_and_as_one_forward():
+    from videomla_app.bench import _guidance_case
+
+    times = _guidance_case(reps=1, device="cpu", chunks=2)
+    assert set(times) == {"tiny/g1", "tiny/g2-two-calls", "tiny/g2-one-forward"}
+    assert all(0 < t < 60 for t in times.values())
+
+
 def test_model_json_sets_the_cache_geometry_and_the_user_overrides_it(tmp_path, monkeypatch):
     """model.json's "cache" gives trained weights the sink and window they were trained to read
     (the chunk stays the preset's); --window / --sink still win, and a field it cannot set is a

@@ -9,7 +9,9 @@ interleaved repetitions and its ratio to dense MHA *at the same window* measured
 - one 1.3B-shaped self-attention layer (d 1536, 12 heads, d_c 192 + 32): a 3-frame chunk
   (4,680 tokens) against the 1 sink + 6 window + chunk cache (15,600 keys);
 - the shipped ``tiny`` end to end (denoise, cache write, decode) per chunk, with cold chunks and
-  with its warm start (ratio against cold).
+  with its warm start (ratio against cold);
+- the same with classifier-free guidance g = 2: unguided, the two calls per step of the reference
+  form, and both prompts as one forward of twice the batch (``guided.py``; ratio against two calls).
 """
 
 from __future__ import annotations
@@ -120,6 +122,26 @@ def _pipeline_case(reps: int, device: str, chunks: int = 12) -> dict[str, float]
     return {k: v / chunks for k, v in _best(fns, reps).items()}
 
 
+def _guidance_case(reps: int, device: str, chunks: int = 12) -> dict[str, float]:
+    """Seconds per chunk of the shipped ``tiny`` unguided and at g = 2 (two calls, one forward)."""
+    from .models import ModelUnavailable, load_pipeline
+
+    try:
+        pipes = {"tiny/g1": load_pipeline("tiny", device=device, guidance=1.0),
+                 "tiny/g2-two-calls": load_pipeline("tiny", device=device, guidance=2.0),
+                 "tiny/g2-one-forward": load_pipeline("tiny", device=device, guidance=2.0)}
+    except ModelUnavailable:
+        return {}
+    pipes["tiny/g2-two-calls"].paired_guidance = False
+    fns = {}
+    for name, pipe in pipes.items():
+        def run(pipe=pipe):
+            for _ in pipe.stream("a red ball bouncing on a sunny day", chunks, seed=0):
+                pass
+        fns[name] = run
+    return {k: v / chunks for k, v in _best(fns, reps).items()}
+
+
 def main(quick: bool = False, json_path: str | None = None, dtype_name: str = "bfloat16") -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, dtype_name)
@@ -128,9 +150,11 @@ def main(quick: bool = False, json_path: str | None = None, dtype_name: str = "b
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}",
                "dtype": dtype_name, "model": _model_case(dtype, reps, device),
                "layer_1.3b": _layer_case(dtype, max(2, reps // 2), device),
-               "pipeline": _pipeline_case(max(2, reps // 2), device)}
+               "pipeline": _pipeline_case(max(2, reps // 2), device),
+               "guidance": _guidance_case(max(2, reps // 2), device)}
     for group, base, what in (("model", "small-mha/sdpa", "MHA"), ("layer_1.3b", "layer/mha-sdpa", "MHA"),
-                              ("pipeline", "tiny/warm-0", "cold-chunk")):
+                              ("pipeline", "tiny/warm-0", "cold-chunk"),
+                              ("guidance", "tiny/g2-two-calls", "two-call")):
         if not results[group]:
             continue
         print(f"\n{group} ({results['device']}, {dtype_name}); ratio = {what} time / this time (>1 = faster)")

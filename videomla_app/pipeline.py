@@ -27,6 +27,7 @@ import torch
 from .cache import RollingKVCache, TextKVCache, make_cache
 from .config import Preset
 from .encoders import StreamDecoder, TextEncoder, VideoVAE, pixel_frames
+from .guided import guided_flow, paired_text
 from .memory import MemoryReadout, read_memory
 from .model import CausalDiT
 from .scheduler import FlowSampler
@@ -89,6 +90,8 @@ class StreamingPipeline:
     # What the loaded weights were measured to follow (model.json "follows", eval_follows.py); None:
     # not measured (random and downloaded models). Prompt warnings read it; generation does not.
     follows: dict | None = None
+    # Guidance as one forward of twice the batch (guided.py); False: two calls, the reference form.
+    paired_guidance: bool = True
 
     def __init__(self, preset: Preset, model: CausalDiT, text_encoder: TextEncoder, vae: VideoVAE, *,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -98,6 +101,7 @@ class StreamingPipeline:
         self.sampler = FlowSampler(preset.sampler)
         self.C = preset.cache.chunk_frames
         self._text: dict[str, TextKVCache] = {}
+        self._paired: dict[str, TextKVCache] = {}
 
     # -- time geometry --------------------------------------------------------------------------
     def frame_time(self, frame: int) -> float:
@@ -222,14 +226,22 @@ class StreamingPipeline:
 
         The empty-prompt call reads the same cache (context written under the prompt) and only
         swaps the cross-attention K/V; both calls write the chunk's provisional keys, which the
-        cache-write pass overwrites.
+        cache-write pass overwrites. With ``paired_guidance`` both are one forward (guided.py).
         """
-        v = self.model(x, t, text, cache, step, inputs)  # [B, n, C, h, w]
         g = self.preset.sampler.guidance
+        if g != 1.0 and self.paired_guidance:
+            return guided_flow(self.model, x, t, self._paired_text(text), cache, step, inputs, g)
+        v = self.model(x, t, text, cache, step, inputs)  # [B, n, C, h, w]
         if g == 1.0:
             return v
         v_empty = self.model(x, t, self.text_cache(""), cache, step, inputs)
         return v_empty + g * (v - v_empty)
+
+    def _paired_text(self, text: TextKVCache) -> TextKVCache:
+        """The prompt's and the empty prompt's cross-attention K/V stacked for one guided forward."""
+        if text.key not in self._paired:
+            self._paired[text.key] = paired_text(text, self.text_cache(""))
+        return self._paired[text.key]
 
     @torch.no_grad()
     def prime(self, state: GenerationState, latents: torch.Tensor, prompt: str) -> None:
