@@ -105,7 +105,7 @@ def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name (see 'videomla models').")] = "tiny",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same video.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Denoising steps per chunk (model default: 4).")] = None,
-    guidance: Annotated[float | None, typer.Option(help="Prompt guidance scale; 1 = off and twice as fast (model default).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Prompt guidance scale; 1 = off, one model call per step (model default); else both prompts run as one batch, ~1.2x the time.")] = None,
     warm_start: Annotated[float | None, typer.Option("--warm-start", help="Start each later chunk from the last frame noised to this timestep; 0 = off (model default).")] = None,
     window: Annotated[int | None, typer.Option(help="Window of recent latent frames kept in the cache.")] = None,
     sink: Annotated[int | None, typer.Option(help="Sink latent frames kept from the start.")] = None,
