@@ -3,7 +3,8 @@
 Guided sampling needs two flows per denoising step, ``v_empty + g (v_prompt - v_empty)``. Made as
 two calls, each one is a batch-1 forward of small matrices that leave the CPU's cores half idle; as
 one call of twice the batch the same work takes little more than one call (the embedded ``tiny`` at
-g = 2: 1.4x the unguided chunk time as two calls, against ~1.1x as one, ``videomla bench``).
+g = 2 on the 2-core CPU: 1.70x the unguided chunk time as two calls, 1.20x as one; ``videomla bench``,
+"guidance" rows).
 
 The two halves share the cache's context (written under the prompt) but not the chunk's own keys:
 past the first layer those depend on the text through cross-attention. :class:`PairedCacheView`
