@@ -1,6 +1,7 @@
-"""A CPU run that goes on with one model: stage 2 from given MLA weights (`train mla --mla-from`),
+"""A CPU run that goes on with one model: stage 2 or 3 from given weights (`--mla-from`, `--twin-from`),
 clips drawn from a bank rendered once, and a ship that leaves the other model as shipped."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -126,3 +127,39 @@ def test_train_mla_from_on_the_command_line(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["train", "ship", "--recipe", "smoke", "--out", str(run)])
     assert r.exit_code == 0 and "wrote" in r.output and "tiny-mha" not in r.output, r.output
     assert (assets / "tiny-mha" / "model.json").read_text() == "the shipped twin"
+
+
+def test_train_twin_from_on_the_command_line(tmp_path, monkeypatch):
+    """`--twin-from` gives stage 3 its start, so the twin can get the fine-tune `tiny` got with
+    `--mla-from`: no stage-1 weights needed, other stages refuse it, MLA weights get one line, and
+    `ship` writes only tiny-mha, leaving the shipped tiny."""
+    assets, run = _shipped(tmp_path)
+    (assets / "tiny").mkdir()
+    for name in ("model.safetensors", "model.json"):
+        (assets / "tiny" / name).write_text("the shipped tiny")
+    monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
+    from videomla_app.autoencoder import CausalVideoAE
+
+    ae, text = CausalVideoAE.load(run / "ae.safetensors"), ToyTextEncoder(32, 8)
+    mla = build_model(dit_preset(SMOKE, "mla", ae, text).model, seed=5)
+    save_file(mla.state_dict(), str(tmp_path / "mla.safetensors"))
+    dense = build_model(dit_preset(SMOKE, "mha", ae, text).model, seed=5)
+    save_file({k: v.to(torch.bfloat16) for k, v in dense.state_dict().items()}, str(tmp_path / "mha.safetensors"))
+
+    def train(*args):
+        return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
+
+    r = train("mla", "--twin-from", str(tmp_path / "mha.safetensors"))
+    assert r.exit_code == 2 and r.output == "error: --twin-from starts stage twin; stage mla does not use it\n"
+    r = train("twin", "--twin-from", str(tmp_path / "mla.safetensors"))
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
+        f"error: --twin-from {tmp_path}/mla.safetensors: not weights of this recipe's dense model (names or "
+        "shapes differ); use a run's mha.safetensors or a tiny-mha model.safetensors"), r.output
+    r = train("twin", "--twin-from", str(tmp_path / "mha.safetensors"))
+    assert r.exit_code == 0 and (run / "twin.safetensors").exists() and not (run / "mha.safetensors").exists()
+    twin = load_file(str(run / "twin.safetensors"))
+    assert any(not torch.equal(v.bfloat16(), dense.state_dict()[k].bfloat16()) for k, v in twin.items())  # trained
+    r = CliRunner().invoke(app, ["train", "ship", "--recipe", "smoke", "--out", str(run)])
+    assert r.exit_code == 0 and "tiny-mha" in r.output and "tiny/" not in r.output, r.output
+    assert (assets / "tiny" / "model.json").read_text() == "the shipped tiny"
+    assert json.loads((assets / "tiny-mha" / "model.json").read_text())["preset"] == SMOKE.mha_preset

@@ -39,6 +39,9 @@ def train(
     mla_from: Annotated[Path | None, typer.Option(
         help="mla: go on from these MLA weights (e.g. assets/tiny/model.safetensors) instead of converting "
              "the stage-1 weights.")] = None,
+    twin_from: Annotated[Path | None, typer.Option(
+        help="twin: go on from these dense weights (e.g. assets/tiny-mha/model.safetensors) instead of the "
+             "stage-1 weights.")] = None,
     ae_from: Annotated[Path | None, typer.Option(
         help="ae/all: start stage 0 from this autoencoder (restrided to the recipe's temporal stride).")] = None,
 ) -> None:
@@ -84,9 +87,10 @@ def train(
         raise UsageError(f"--out {out_dir} is a file, not a folder")
     if workers is not None and not 0 <= workers <= 64:
         raise UsageError(f"--workers must be between 0 and 64, got {workers}")
-    # flag, its weights, the stages that use it (`all` converts stage 1 into stage 2, so no --mla-from)
+    # flag, its weights, the stages that use it (`all` starts stages 2 and 3 from stage 1: no --mla-from
+    # or --twin-from)
     for flag, path, used_by in (("--mha-from", mha_from, ("mha", "all")), ("--ae-from", ae_from, ("ae", "all")),
-                                ("--mla-from", mla_from, ("mla",))):
+                                ("--mla-from", mla_from, ("mla",)), ("--twin-from", twin_from, ("twin",))):
         if path is not None:
             if stage not in used_by:
                 raise UsageError(f"{flag} starts stage {used_by[0]}; stage {stage} does not use it")
@@ -150,8 +154,8 @@ def train(
     if stage != "all":
         rflag = "" if recipe == "tiny" else f" --recipe {recipe}"
         for need in NEEDS.get(stage, ()):
-            if need == "mha" and mla_from is not None:
-                continue  # stage 2 starts from --mla-from, not from the stage-1 weights
+            if need == "mha" and (mla_from if stage == "mla" else twin_from) is not None:
+                continue  # stage 2 or 3 starts from --mla-from / --twin-from, not from the stage-1 weights
             if not (out_dir / f"{need}.safetensors").is_file():
                 raise UsageError(f"stage {stage} needs {out_dir / f'{need}.safetensors'}, which stage {need} "
                                  f"writes: run 'videomla train {need}{rflag} --out {out_dir}' first (or 'train all')")
@@ -217,7 +221,7 @@ def train(
             if text is None:  # loaded once, by the first stage that trains
                 text = recipe_text_encoder(r, dev)
             _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_until=until,
-                                   mha_from=mha_from, mla_from=mla_from)
+                                   mha_from=mha_from, mla_from=mla_from, twin_from=twin_from)
             if not weights(s).exists():
                 return unfinished(f"stopped in stage {s} at step {trainer.step}")
     except CheckpointError as e:

@@ -184,6 +184,8 @@ RECIPES["tiny-t4-cpu"] = replace(
 # paired on 56 motion prompts x 8 s, 16 videos x 15 s and 8 prompts x 2 min: quality +4.9 +- 1.6,
 # +5.8 +- 3.3, +7.2 +- 5.2; motion +6 +- 4, +9 +- 5, +9 +- 8; colour -2 +- 4, -5 +- 6, -19 +- 13
 # (README, "More MLA fine-tune on the CPU").
+# Its `twin` stage (stage 3 runs stage 2's config) is the same fine-tune for the dense twin (`train
+# twin --twin-from` the shipped `tiny-mha`), so the pair again differs only in attention; not run yet.
 RECIPES["tiny-t4-cpu-g2"] = replace(RECIPES["tiny-t4-cpu"], name="tiny-t4-cpu-g2", guidance=2.0,
                                     distill_train=None)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
@@ -306,7 +308,8 @@ class StartWeightsError(ValueError):
 
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0,
-              fit_until: float | None = None, mha_from: Path | None = None, mla_from: Path | None = None):
+              fit_until: float | None = None, mha_from: Path | None = None, mla_from: Path | None = None,
+              twin_from: Path | None = None):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
     (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3). ``fit_until``: a
@@ -316,7 +319,9 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
     optimizer and the stage's whole schedule), so a run lent a GPU for minutes builds on the hours of
     CPU training behind the shipped weights instead of starting over; the card records the file.
     ``mla_from``: stage 2 goes on from these MLA weights (e.g. the shipped `tiny`) instead of
-    converting the stage-1 weights, so a CPU run can add steps to a GPU run's stage 2."""
+    converting the stage-1 weights, so a CPU run can add steps to a GPU run's stage 2.
+    ``twin_from``: stage 3 goes on from these dense weights (e.g. the shipped `tiny-mha`) instead of
+    the stage-1 weights, so the twin can get the same added steps and the pair stay comparable."""
     limits = (max_minutes, fit_until)
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
@@ -329,7 +334,10 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
             start = _load_start(model, mha_from)
     elif kind == "twin":
         model = build_model(preset.model)
-        model.load_state_dict(_weights(out / "mha.safetensors"))
+        if twin_from is not None:
+            start = _load_start(model, twin_from, "--twin-from")
+        else:
+            model.load_state_dict(_weights(out / "mha.safetensors"))
     elif mla_from is not None:
         model = build_model(preset.model)
         start = _load_start(model, mla_from, "--mla-from")
