@@ -3,6 +3,7 @@ clips drawn from a bank rendered once, and a ship that leaves the other model as
 
 import json
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
@@ -70,6 +71,23 @@ def _shipped(tmp_path):
     return assets, run
 
 
+def _start_weights(tmp_path, run):
+    """Starting weights for the `--*-from` flags: tmp_path/mla.safetensors (fp32) and
+    tmp_path/mha.safetensors (bf16, as shipped); returns the dense model."""
+    from videomla_app.autoencoder import CausalVideoAE
+
+    ae, text = CausalVideoAE.load(run / "ae.safetensors"), ToyTextEncoder(32, 8)
+    mla = build_model(dit_preset(SMOKE, "mla", ae, text).model, seed=5)
+    save_file(mla.state_dict(), str(tmp_path / "mla.safetensors"))
+    dense = build_model(dit_preset(SMOKE, "mha", ae, text).model, seed=5)
+    save_file({k: v.to(torch.bfloat16) for k, v in dense.state_dict().items()}, str(tmp_path / "mha.safetensors"))
+    return dense
+
+
+def _train(run, *args):
+    return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
+
+
 def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path):
     assets, run = _shipped(tmp_path)
     text = ToyTextEncoder(32, 8)
@@ -105,16 +123,8 @@ def test_train_mla_from_on_the_command_line(tmp_path, monkeypatch):
     that is not MLA weights gets one line."""
     assets, run = _shipped(tmp_path)
     monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
-    from videomla_app.autoencoder import CausalVideoAE
-
-    ae, text = CausalVideoAE.load(run / "ae.safetensors"), ToyTextEncoder(32, 8)
-    mla = build_model(dit_preset(SMOKE, "mla", ae, text).model, seed=5)
-    save_file(mla.state_dict(), str(tmp_path / "mla.safetensors"))
-    dense = build_model(dit_preset(SMOKE, "mha", ae, text).model, seed=5)
-    save_file(dense.state_dict(), str(tmp_path / "mha.safetensors"))
-
-    def train(*args):
-        return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
+    dense = _start_weights(tmp_path, run)
+    train = partial(_train, run)
 
     r = train("mha", "--mla-from", str(tmp_path / "mla.safetensors"))
     assert r.exit_code == 2 and r.output == "error: --mla-from starts stage mla; stage mha does not use it\n"
@@ -138,16 +148,8 @@ def test_train_twin_from_on_the_command_line(tmp_path, monkeypatch):
     for name in ("model.safetensors", "model.json"):
         (assets / "tiny" / name).write_text("the shipped tiny")
     monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
-    from videomla_app.autoencoder import CausalVideoAE
-
-    ae, text = CausalVideoAE.load(run / "ae.safetensors"), ToyTextEncoder(32, 8)
-    mla = build_model(dit_preset(SMOKE, "mla", ae, text).model, seed=5)
-    save_file(mla.state_dict(), str(tmp_path / "mla.safetensors"))
-    dense = build_model(dit_preset(SMOKE, "mha", ae, text).model, seed=5)
-    save_file({k: v.to(torch.bfloat16) for k, v in dense.state_dict().items()}, str(tmp_path / "mha.safetensors"))
-
-    def train(*args):
-        return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
+    dense = _start_weights(tmp_path, run)
+    train = partial(_train, run)
 
     r = train("mla", "--twin-from", str(tmp_path / "mha.safetensors"))
     assert r.exit_code == 2 and r.output == "error: --twin-from starts stage twin; stage mla does not use it\n"
