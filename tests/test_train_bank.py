@@ -123,7 +123,7 @@ def test_train_mla_from_on_the_command_line(tmp_path, monkeypatch):
     that is not MLA weights gets one line."""
     assets, run = _shipped(tmp_path)
     monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
-    dense = _start_weights(tmp_path, run)
+    _start_weights(tmp_path, run)
     train = partial(_train, run)
 
     r = train("mha", "--mla-from", str(tmp_path / "mla.safetensors"))
