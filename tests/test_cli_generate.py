@@ -115,6 +115,7 @@ def test_embedded_model_warns_about_prompts_it_will_not_follow(tmp_path, monkeyp
     (["0:00 a; b", "--seconds", "5"], "has no time"),
     (["x", "--seconds", "1", "--model", "nope"], "unknown model"),
     (["x", "--seconds", "1", "--steps", "0"], "steps"),
+    (["x", "--seconds", "1", "--first-steps", "51"], "--first-steps must be between 1 and 50, got 51"),
     (["x", "--seconds", "1", "--guidance", "-1"], "guidance"),
     (["x", "--seconds", "1", "--warm-start", "1500"], "--warm-start must be a timestep"),
     (["x", "--seconds", "1", "--device", "tpu"], "unknown device"),
@@ -166,6 +167,20 @@ def test_extend_keeps_the_sampler_settings_of_the_session(tmp_path, option, valu
     ext, long = read_frames(tmp_path / "short-extended.mp4")[0], read_frames(tmp_path / "long.mp4")[0]
     assert np.array_equal(ext, long)
     assert probe(tmp_path / "long.mp4")["comment"][key] == value
+
+
+def test_first_steps_change_only_the_first_chunk_and_are_recorded(tmp_path):
+    for name, extra in (("plain", []), ("more", ["--first-steps", 6])):
+        r = run(*GEN, "a red ball", "--seconds", 2, *extra, "--out", tmp_path / f"{name}.mp4")
+        assert r.exit_code == 0, r.stderr
+    plain, more = read_frames(tmp_path / "plain.mp4")[0], read_frames(tmp_path / "more.mp4")[0]
+    assert plain.shape == more.shape and not np.array_equal(plain[:4], more[:4])
+    assert probe(tmp_path / "more.mp4")["comment"]["first_steps"] == [1000, 833, 667, 500, 333, 167]
+    # extending continues the cache, whatever the first chunk's steps were: same as a longer video
+    assert run("extend", tmp_path / "more.mp4", "--seconds", 1, "--no-preview").exit_code == 0
+    r = run(*GEN, "a red ball", "--seconds", 3, "--first-steps", 6, "--out", tmp_path / "long.mp4")
+    assert r.exit_code == 0, r.stderr
+    assert np.array_equal(read_frames(tmp_path / "more-extended.mp4")[0], read_frames(tmp_path / "long.mp4")[0])
 
 
 def test_extend_refuses_bad_clips_and_foreign_sessions(tmp_path):

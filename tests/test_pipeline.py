@@ -140,6 +140,27 @@ def test_warm_start_skips_the_steps_above_it_but_not_on_a_switch():
     assert calls == [2, 1, 2, 2]  # chunk 1 starts from the sink's last frame, the one before it
 
 
+def test_first_chunk_runs_its_own_steps():
+    plain = list(tiny_pipeline().stream(TL, 3, seed=2))
+    pipe = _with_sampler(tiny_pipeline(), first_steps=(1000, 900, 800, 700, 600))
+    calls = _count_flow_calls(pipe)
+    levels: list = []
+    model_forward = pipe.model.forward
+    pipe.model.forward = lambda x, t, *a: levels.append(float(torch.as_tensor(t).flatten()[0])) or model_forward(x, t, *a)
+    more = list(pipe.stream(TL, 3, seed=2))
+    assert calls == [5, 2, 2]  # the first chunk's five steps, then test-mla's two (warped)
+    assert levels[:5] == pytest.approx([1000.0, 978.26, 952.38, 921.05, 882.35], abs=0.01)
+    assert levels[5:7] == pytest.approx([1000.0, 833.333], abs=1e-3)
+    assert not torch.equal(plain[0].latents, more[0].latents)
+    # a continued clip has context already: its first new chunk runs the usual steps
+    pipe = _with_sampler(tiny_pipeline(), first_steps=(1000, 900, 800, 700, 600))
+    state = pipe.new_state(2)
+    pipe.prime(state, plain[0].latents, TL.segments[0].prompt)
+    calls = _count_flow_calls(pipe)
+    list(pipe.stream(TL, 2, state=state))
+    assert calls == [2, 2]
+
+
 def test_anchored_first_chunk_keeps_its_first_frame_and_redraws_the_rest():
     plain = list(tiny_pipeline().stream(TL, 3, seed=2))
     pipe = _with_sampler(tiny_pipeline(), anchor_first=True, context_noise=25.0)

@@ -69,3 +69,15 @@ def test_warm_start_runs_the_steps_below_its_timestep():
     for bad in (-1.0, 1001.0, float("nan")):
         with pytest.raises(ValueError, match="warm start"):
             FlowSampler(SamplerConfig(warm_start=bad))
+
+
+def test_first_chunk_steps_default_to_the_steps_and_follow_the_same_warp():
+    assert FlowSampler(SamplerConfig(warp=False)).first_timesteps == [1000.0, 750.0, 500.0, 250.0]
+    s = FlowSampler(SamplerConfig(warp=False, first_steps=(1000, 875, 750, 625, 500, 375, 250, 125)))
+    assert s.first_timesteps == [1000.0, 875.0, 750.0, 625.0, 500.0, 375.0, 250.0, 125.0]
+    assert s.timesteps == [1000.0, 750.0, 500.0, 250.0]  # later chunks keep theirs
+    warped = FlowSampler(SamplerConfig(first_steps=(1000, 750, 500, 250)))
+    assert warped.first_timesteps == pytest.approx([1000.0, 937.5, 833.3333, 625.0], abs=1e-3)
+    for steps in [(500, 750), (0,), (1200, 500)]:
+        with pytest.raises(ValueError, match="denoising steps"):
+            FlowSampler(SamplerConfig(first_steps=steps))

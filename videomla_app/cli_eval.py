@@ -30,6 +30,8 @@ def eval_models(
                                              "dense twin in --models).")] = False,
     warm_start: Annotated[float | None, typer.Option("--warm-start", help="Warm-start timestep for every model "
                                                           "(0 = off; default: each model's own).")] = None,
+    first_steps: Annotated[int | None, typer.Option("--first-steps", help="Denoising steps of each video's first "
+                                                         "chunk, for every model (default: each model's own).")] = None,
     words: Annotated[int, typer.Option(help="Also measure which caption words each embedded model uses, on N "
                                             "rendered clips (its flow loss with one word swapped).")] = 0,
     record: Annotated[bool, typer.Option(help="With --prompt-set motions: write each embedded model's "
@@ -52,7 +54,7 @@ def eval_models(
     from .eval_metrics import WINDOW_S
     from .eval_follows import motion_prompts
     from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
-    from .models import ModelUnavailable, check_timestep, get_entry, resolve_device, resolve_dtype
+    from .models import ModelUnavailable, check_timestep, get_entry, resolve_device, resolve_dtype, step_list
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
@@ -90,6 +92,11 @@ def eval_models(
             check_timestep(warm_start)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if first_steps is not None:
+        try:
+            step_list(first_steps, "--first-steps")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if json_path is not None and json_path.is_dir():
         raise UsageError(f"--json {json_path} is a folder: name the report file, e.g. {json_path / 'eval.json'}")
     if json_path is not None and not (json_path.parent.is_dir() and os.access(json_path.parent, os.W_OK)):
@@ -106,7 +113,8 @@ def eval_models(
     try:
         report = {} if n == 0 and not ranks else evaluate_models(
             names, chosen[:n], seconds, seed, segment_s=segment, device=device, dtype=dtype, ranks=ranks,
-            progress=lambda line: err.print(line, highlight=False), repeats=repeats, warm_start=warm_start)
+            progress=lambda line: err.print(line, highlight=False), repeats=repeats, warm_start=warm_start,
+            first_steps=first_steps)
     except ModelUnavailable as e:
         raise RuntimeFailure(str(e)) from None
     except KeyboardInterrupt:

@@ -105,6 +105,7 @@ def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name (see 'videomla models').")] = "tiny",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same video.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Denoising steps per chunk (model default: 4).")] = None,
+    first_steps: Annotated[int | None, typer.Option("--first-steps", help="Denoising steps of the first chunk, which has no context to follow (model default: 16 for the embedded models, else --steps).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Prompt guidance scale; 1 = off, one model call per step (model default); else both prompts run as one batch, ~1.2x the time.")] = None,
     warm_start: Annotated[float | None, typer.Option("--warm-start", help="Start each later chunk from the last frame noised to this timestep; 0 = off (model default).")] = None,
     window: Annotated[int | None, typer.Option(help="Window of recent latent frames kept in the cache.")] = None,
@@ -142,7 +143,7 @@ def generate(
     ensure_downloaded(model, yes, err)  # a download-tier model's files: ask (terminal), --yes, or say what to run
     pipe = open_pipeline(model, device=device, dtype=dtype, steps=steps, window=window, sink=sink, recache=recache,
                          allow_missing=allow_missing, offload_text=offload_text, guidance=guidance,
-                         warm_start=warm_start)
+                         warm_start=warm_start, first_steps=first_steps)
     default = default_output(timeline.segments[0].prompt)
     if out_path is None:
         out_path = default

@@ -151,6 +151,11 @@ class SamplerConfig:
     # position fixed, only the text says where it goes next. Needs a model trained for it
     # (``Recipe.anchor_first``); costs the first chunk's model calls once more.
     anchor_first: bool = False
+    # The first chunk's steps (empty = ``steps``). It has no context: the text and the noise alone
+    # decide where each object is and what it looks like, and four coarse Euler steps from pure
+    # noise can leave a faint object that the next chunks, copying the context, never bring back.
+    # More steps here cost the first chunk once, nothing after.
+    first_steps: tuple[int, ...] = ()
     num_train_timesteps: int = 1000
 
 

@@ -133,7 +133,7 @@ def video_seeds(n_prompts: int, seed: int = 0, repeats: int = 1) -> list[tuple[i
 def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float = 120.0, seed: int = 0, *,
                    segment_s: float = SEGMENT_S, device: str = "auto", dtype: str = "auto", pipeline=None,
                    progress: Callable[[str], None] | None = None, repeats: int = 1,
-                   warm_start: float | None = None) -> dict:
+                   warm_start: float | None = None, first_steps: int | None = None) -> dict:
     """Generate each prompt for ``seconds`` (``repeats`` times) with model ``name`` and score it
     segment by segment.
 
@@ -146,7 +146,8 @@ def evaluate_model(name: str, prompts: Sequence[str] = PROMPTS, seconds: float =
         raise ValueError("need at least one prompt")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    pipe = pipeline or load_pipeline(name, device=device, dtype=dtype, warm_start=warm_start)
+    pipe = pipeline or load_pipeline(name, device=device, dtype=dtype, warm_start=warm_start,
+                                     first_steps=first_steps)
     fps = pipe.preset.video.fps
     n_frames = round(seconds * fps)
     if n_frames < 1:
@@ -230,7 +231,7 @@ def ranks_for(mla: str, dense: str) -> dict:
 def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, seconds: float = 120.0,
                     seed: int = 0, *, segment_s: float = SEGMENT_S, device: str = "auto", dtype: str = "auto",
                     ranks: bool = False, progress: Callable[[str], None] | None = None, repeats: int = 1,
-                    warm_start: float | None = None) -> dict:
+                    warm_start: float | None = None, first_steps: int | None = None) -> dict:
     """The full report: every model on every prompt (one pipeline loaded at a time), the
     settings, and with ``ranks`` the rank analysis of the MLA model against its dense twin."""
     t0 = time.perf_counter()
@@ -248,7 +249,8 @@ def evaluate_models(models: Sequence[str], prompts: Sequence[str] = PROMPTS, sec
             try:
                 report["results"][name] = evaluate_model(name, prompts, seconds, seed, segment_s=segment_s,
                                                          device=device, dtype=dtype, progress=progress,
-                                                         repeats=repeats, warm_start=warm_start)
+                                                         repeats=repeats, warm_start=warm_start,
+                                                         first_steps=first_steps)
             except KeyboardInterrupt as e:  # the models after it are not started
                 if isinstance(e, EvalInterrupted):
                     report["results"][name] = e.partial

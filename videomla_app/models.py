@@ -114,10 +114,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def step_list(n: int) -> tuple[int, ...]:
+def step_list(n: int, what: str = "--steps") -> tuple[int, ...]:
     """n evenly spaced denoising steps from 1000 (4 -> 1000, 750, 500, 250 as in the paper)."""
     if not 1 <= n <= 50:
-        raise ValueError(f"--steps must be between 1 and 50, got {n}")
+        raise ValueError(f"{what} must be between 1 and 50, got {n}")
     return tuple(round(1000 - 1000 * i / n) for i in range(n))
 
 
@@ -131,15 +131,17 @@ def check_timestep(t: float, n: int = 1000, what: str = "--warm-start", zero: st
 
 def configure(preset: Preset, steps: int | None = None, window: int | None = None,
               sink: int | None = None, guidance: float | None = None, warm_start: float | None = None,
-              context_noise: float | None = None) -> Preset:
-    """Apply overrides (denoising steps, window and sink frames, guidance, warm start, and the
-    cache-write noise a session was made with) to a preset."""
+              context_noise: float | None = None, first_steps: int | None = None) -> Preset:
+    """Apply overrides (denoising steps, the first chunk's, window and sink frames, guidance, warm
+    start, and the cache-write noise a session was made with) to a preset."""
     sampler, cache = preset.sampler, preset.cache
     if context_noise is not None:
         t = check_timestep(context_noise, sampler.num_train_timesteps, "context noise", zero="")
         sampler = replace(sampler, context_noise=t)
     if steps is not None:
         sampler = replace(sampler, steps=step_list(steps))
+    if first_steps is not None:
+        sampler = replace(sampler, first_steps=step_list(first_steps, "--first-steps"))
     if guidance is not None:
         if not (math.isfinite(guidance) and 0.0 <= guidance <= 20.0):
             raise ValueError(f"--guidance must be between 0 and 20 (1 = off), got {guidance}")
@@ -165,11 +167,12 @@ def load_pipeline(name: str, *, device: str = "auto", dtype: str = "auto", steps
                   window: int | None = None, sink: int | None = None, recache: bool = False,
                   allow_missing: bool = False, offload_text: bool = False,
                   guidance: float | None = None, warm_start: float | None = None,
-                  context_noise: float | None = None) -> StreamingPipeline:
+                  context_noise: float | None = None, first_steps: int | None = None) -> StreamingPipeline:
     """Build the streaming pipeline for a registered model. ``allow_missing`` and ``offload_text``
     only concern downloaded models (partial checkpoint loads; umT5 kept on the CPU between encodes)."""
     entry = get_entry(name)
-    preset = configure(get_preset(entry.preset), steps, window, sink, guidance, warm_start, context_noise)
+    preset = configure(get_preset(entry.preset), steps, window, sink, guidance, warm_start, context_noise,
+                       first_steps)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if entry.tier == "download":
@@ -191,7 +194,8 @@ def load_pipeline(name: str, *, device: str = "auto", dtype: str = "auto", steps
                                  device=dev, dtype=dt, recache=recache)
     if dtype == "auto":
         dt = torch.bfloat16  # trained with bf16 autocast; 1.4-3x faster than fp32 on AMX CPUs
-    return _load_embedded(name, dev, dt, recache, steps, window, sink, guidance, warm_start, context_noise)
+    return _load_embedded(name, dev, dt, recache, steps, window, sink, guidance, warm_start, context_noise,
+                          first_steps)
 
 
 def assets_dir() -> Path:
@@ -202,7 +206,8 @@ def assets_dir() -> Path:
 
 def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool, steps: int | None,
                    window: int | None, sink: int | None, guidance: float | None,
-                   warm_start: float | None, context_noise: float | None) -> StreamingPipeline:
+                   warm_start: float | None, context_noise: float | None,
+                   first_steps: int | None = None) -> StreamingPipeline:
     """An embedded model: DiT weights + the shared autoencoder from assets, MiniLM from its package."""
     folder = assets_dir() / name
     if not (folder / "model.safetensors").exists():
@@ -231,7 +236,7 @@ def _load_embedded(name: str, dev: torch.device, dt: torch.dtype, recache: bool,
     window = geometry.get("window_frames") if window is None else window
     sink = geometry.get("sink_frames") if sink is None else sink
     base = configure(replace(p, sampler=replace(p.sampler, **tuned)), steps, window, sink, guidance, warm_start,
-                     context_noise)
+                     context_noise, first_steps)
     model_cfg = replace(base.model, latent_channels=spec["latent_channels"], latent_hw=tuple(spec["latent_hw"]),
                         text_dim=spec["text_dim"])
     preset = replace(base, name=name, model=model_cfg, text_len=spec["text_len"])

@@ -169,7 +169,7 @@ class StreamingPipeline:
             step = state.cache.plan(f0, self.C)
             inputs = self.model.attn_inputs(step, state.cache)
             x = self._noise(state, self.C)
-            steps = ts
+            steps = s.first_timesteps if f0 == 0 else ts
             if s.cfg.warm_start and not switched and (last := self._last_latent(state)) is not None:
                 # warm start: the last clean frame, noised to the start timestep, for every frame
                 steps = s.warm_timesteps
@@ -204,11 +204,12 @@ class StreamingPipeline:
         first = x0[:, :1]  # [B, 1, C, h, w]
         anchor = first if tc == 0 else s.add_noise(first, self._noise(state, 1), tc)
         x = self._noise(state, C - 1)  # [B, C-1, C, h, w]
-        for i, t in enumerate(s.timesteps):
+        ts = s.first_timesteps  # part of the first chunk: its steps
+        for i, t in enumerate(ts):
             levels = torch.tensor([tc] + [t] * (C - 1), device=self.device).expand(self.batch, C)  # [B, chunk]
             v = self._flow(torch.cat([anchor, x], 1), levels, text, state.cache, step, inputs)[:, 1:]
-            if i + 1 < len(s.timesteps):
-                x = s.step(x, v, t, s.timesteps[i + 1], lambda: self._noise(state, C - 1))
+            if i + 1 < len(ts):
+                x = s.step(x, v, t, ts[i + 1], lambda: self._noise(state, C - 1))
             else:
                 x = s.x0_from_flow(x, v, t)
         return torch.cat([first, x], 1)  # [B, chunk, C, h, w]

@@ -148,6 +148,7 @@ def run_settings(pipe, model: str, seed: int) -> dict:
             "dtype": str(pipe.dtype).replace("torch.", ""), "recache": pipe.recache,
             "guidance": pipe.preset.sampler.guidance, "warm_start": pipe.preset.sampler.warm_start,
             "context_noise": pipe.preset.sampler.context_noise,
+            "first_steps": list(pipe.preset.sampler.first_steps or pipe.preset.sampler.steps),
             **({"weights": pipe.weights_id} if pipe.weights_id else {})}
 
 

@@ -34,19 +34,23 @@ class FlowSampler:
         self.train_timesteps = shift_sigma(torch.linspace(1.0, 0.0, n + 1)[:-1], cfg.shift) * n  # [n], fp64
         if cfg.solver not in SOLVERS:
             raise ValueError(f"unknown solver {cfg.solver!r}; known: {', '.join(SOLVERS)}")
-        if any(not 0 < s <= n for s in cfg.steps) or list(cfg.steps) != sorted(cfg.steps, reverse=True):
-            raise ValueError(f"denoising steps must decrease within (0, {n}]: {cfg.steps}")
-        if cfg.warp:
-            table = torch.cat([self.train_timesteps, torch.zeros(1, dtype=torch.float64)])
-            steps = table[torch.tensor([n - s for s in cfg.steps])]
-        else:
-            steps = torch.tensor(cfg.steps, dtype=torch.float64)
-        self.timesteps: list[float] = [float(t) for t in steps]
+        self.timesteps: list[float] = self._timesteps(cfg.steps)
+        # The first chunk's own step list (``SamplerConfig.first_steps``), the same list when unset.
+        self.first_timesteps: list[float] = self._timesteps(cfg.first_steps) if cfg.first_steps else self.timesteps
         w = cfg.warm_start
         if not (math.isfinite(w) and 0.0 <= w <= n):
             raise ValueError(f"warm start must be a timestep in [0, {n}] (0 = off), got {w}")
         # A warm-started chunk: the start timestep, then the sampler's own steps below it.
         self.warm_timesteps: list[float] = [float(w), *(t for t in self.timesteps if t < w)] if w else self.timesteps
+
+    def _timesteps(self, steps: tuple[int, ...]) -> list[float]:
+        n, cfg = self.cfg.num_train_timesteps, self.cfg
+        if any(not 0 < s <= n for s in steps) or list(steps) != sorted(steps, reverse=True):
+            raise ValueError(f"denoising steps must decrease within (0, {n}]: {steps}")
+        if cfg.warp:
+            table = torch.cat([self.train_timesteps, torch.zeros(1, dtype=torch.float64)])
+            return [float(t) for t in table[torch.tensor([n - s for s in steps])]]
+        return [float(t) for t in steps]
 
     def sigma(self, t: float | torch.Tensor) -> torch.Tensor | float:
         return t / self.cfg.num_train_timesteps
