@@ -130,7 +130,7 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
         assert all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in t4.log)
         assert any(not torch.equal(v, base.state_dict()[k]) for k, v in student.state_dict().items())
         ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0, warm_start=600.0, twin_warm_start=300.0,
-                                                    anchor_first=0.5), text)
+                                                    anchor_first=0.5, first_steps=5), text)
         folder = "tiny" if attn == "mla" else "tiny-mha"
         shipped = load_file(str(tmp_path / "assets" / folder / "model.safetensors"))
         assert all(torch.equal(v, student.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
@@ -147,6 +147,8 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
             assert pipe.preset.sampler.warm_start == (600.0 if name == "tiny" else 300.0)
             assert load_pipeline(name, warm_start=0).preset.sampler.warm_start == 0
             assert pipe.preset.sampler.anchor_first  # trained anchored, shipped with the anchored sampler
+            assert pipe.preset.sampler.first_steps == (1000, 800, 600, 400, 200)
+            assert load_pipeline(name, first_steps=2).preset.sampler.first_steps == (1000, 500)
             assert pipe.preset.cache.window_frames == 1
             ev = list(pipe.stream("a red ball", 2, seed=0))
             assert ev[-1].frames.shape == (r.dit_clip_frames // 2, 32, 32, 3) or ev[-1].frames.shape[1:] == (32, 32, 3)

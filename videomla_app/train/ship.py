@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..autoencoder import CausalVideoAE
 from ..config import get_preset
+from ..models import step_list
 from .loop import read_checkpoint_log
 from .stages import Recipe, stage_config
 
@@ -130,7 +131,9 @@ def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder, kept: lis
                 "recipe": recipe.name,
                 "sampler": {"guidance": recipe.guidance, "warm_start": getattr(recipe, warm_field),
                             "context_noise": recipe.context_noise,
-                            **({"anchor_first": True} if recipe.anchor_first else {})},
+                            **({"anchor_first": True} if recipe.anchor_first else {}),
+                            **({"first_steps": list(step_list(recipe.first_steps, "first_steps"))}
+                               if recipe.first_steps else {})},
                 **_trained_cache(recipe, getattr(recipe, preset_field)),
                 "train": _trained_config(run_dir, stage, recipe)}
         (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n")

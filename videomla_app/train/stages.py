@@ -86,6 +86,11 @@ class Recipe:
     # 1: plain). 3 on top of anchor_first 0.75, 600 CPU steps from the 1,800-step anchored weights:
     # direction word +17.6 % against the unweighted +12.3, motion +4.0 +- 3.3 (README).
     first_chunk_weight: float = 1.0
+    # Denoising steps of a video's first chunk in the shipped models (model.json "sampler"
+    # ``first_steps``; 0: the sampler's 4). It has no context, so four Euler steps from pure noise
+    # decide each object's place and look for the whole video, and often leave it faint or missing;
+    # 16 there (README, "The first chunk's steps") cost ~0.5 s once per video.
+    first_steps: int = 0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
     # Batches of clips the DiT stages render once into <run>/bank/ and draw every step from
     # (``bank.LatentBank``; 0: fresh clips every step): 2.5x the steps per hour on the 2-core CPU.
@@ -155,7 +160,7 @@ RECIPES["tiny-t4-gpu"] = replace(
     # Cache writes at t = 25, the middle of stage 1's context noise (0-50): on 8 prompts x 2 minutes
     # (paired with clean writes) `tiny`'s quality +7.5 +- 2.3 (end/start 0.74 -> 0.81), motion
     # +6 +- 3, colour +7 +- 7 (0.89 -> 1.02); t = 50 gave quality +5.8 +- 2.4, motion -1 +- 4.
-    context_noise=25.0,
+    context_noise=25.0, first_steps=16,
     budget_shares=(("ae", 18), ("mha", 40), ("mla", 20), ("twin", 8), ("mla-cfg", 5), ("twin-cfg", 5)))
 # The 4x-stride recipe with the anchored first chunk in every DiT stage (README, "The anchored first
 # chunk"), the first chunk's loss weighted 3x: on the CPU it taught the direction word at a rate the
