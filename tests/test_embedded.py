@@ -17,7 +17,7 @@ import torch
 
 from videomla_app import world
 from videomla_app.eval_metrics import evaluate_segment
-from videomla_app.models import assets_dir, load_pipeline
+from videomla_app.models import assets_dir, load_pipeline, step_list
 
 # Prompts of the evaluation set with very different scenes; each is checked on both models.
 CASES = [
@@ -48,11 +48,16 @@ def pipes():
 @pytest.mark.parametrize("name", ["tiny", "tiny-mha"])
 def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     spec = json.loads((assets_dir() / name / "model.json").read_text())
-    # tiny: the H200 run's, with 987 more stage-2 steps on the CPU, sampled with real guidance
-    recipe, guidance = {"tiny": ("tiny-t4-cpu-g2", 2.0), "tiny-mha": ("tiny-t4-gpu", 1.0)}[name]
-    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == recipe
-    assert spec["sampler"]["guidance"] == guidance == pipes[name].preset.sampler.guidance
+    # both: the H200 run's, with 987 more steps of the same fine-tune on the CPU (stage 2 and its twin
+    # stage 3), sampled with real guidance: a pair that differs only in attention
+    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-g2"
+    assert spec["train"]["steps"] == 987
+    assert spec["sampler"]["guidance"] == 2.0 == pipes[name].preset.sampler.guidance
     pipe = pipes[name]
+    # 16 steps for the first chunk, which has no context; 4 for every chunk after it (both recipes'
+    # first_steps, README "The first chunk's steps")
+    assert pipe.sampler.first_timesteps == [float(t) for t in step_list(16)] and len(step_list(16)) == 16
+    assert pipe.sampler.timesteps == [1000.0, 750.0, 500.0, 250.0]
     # 4 video frames per latent frame (the first: 1), taken from the shipped autoencoder
     assert pipe.vae.temporal_stride == pipe.preset.video.temporal_stride == 4
     assert pipe.dtype == torch.bfloat16 and pipe.model.cfg.attn == ("mla" if name == "tiny" else "mha")
