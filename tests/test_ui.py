@@ -68,9 +68,9 @@ def server(tmp_path_factory):
 
 
 def generate(client, prompt="a red ball bouncing on a beach", seconds=3, table=None, seed=0,
-             model="test-mla"):
-    return client.submit(prompt, table or rows(), seconds, seed, model, None, None, None, None, None, "cpu", True,
-                         api_name="/generate")
+             model="test-mla", first_steps=None):
+    return client.submit(prompt, table or rows(), seconds, seed, model, None, first_steps, None, None, None, None,
+                         "cpu", True, api_name="/generate")
 
 
 def video_of(result) -> Path:
@@ -106,6 +106,7 @@ def test_generate_streams_previews_then_a_playable_video(server):
     result = job.result()
     info = probe(video_of(result))
     assert info["frames"] == 3 * FPS and info["comment"]["seed"] == 1
+    assert info["comment"]["first_steps"] == [1000, 500]  # test-mla's own 2 steps, unless set (below)
     saved = [p for p in folder.glob("*.mp4") if probe(p)["frames"] == 24]
     assert saved and all(p.with_name(p.stem + ".session.safetensors").exists() for p in saved)
     table = result[TABLE]
@@ -114,6 +115,12 @@ def test_generate_streams_previews_then_a_playable_video(server):
     assert {"MLA latent cache", "dense MHA, same window"} <= {r[2] for r in plot["data"]}
     layers = result[LAYERS]["data"]
     assert len(layers) == 2  # test-mla has two layers
+
+
+def test_first_chunk_steps_reach_the_run(server):
+    url, _ = server
+    result = generate(Client(url, verbose=False), seconds=1, first_steps=6).result()
+    assert probe(video_of(result))["comment"]["first_steps"] == [1000, 833, 667, 500, 333, 167]
 
 
 def test_timeline_table_switches_prompt(server):

@@ -85,6 +85,9 @@ def _request_panel(model: str) -> SimpleNamespace:
     with gr.Accordion("Advanced", open=False):
         c.steps = gr.Number(None, label="Denoising steps per chunk", precision=0, minimum=1, maximum=50,
                             info="blank: the model's default (4 for the paper's model)")
+        c.first_steps = gr.Number(None, label="Denoising steps of the first chunk", precision=0, minimum=1,
+                                  maximum=50, info="blank: the model's default (16 for the embedded models); "
+                                                   "the first chunk has no context to follow")
         c.guidance = gr.Number(None, label="Prompt guidance", minimum=0, maximum=20,
                                info="blank: the model's default; 1 = off (one model call per step; guided steps take ~1.2x the time)")
         c.warm_start = gr.Number(None, label="Warm start (timestep)", minimum=0, maximum=1000,
@@ -166,8 +169,8 @@ def build_app(model: str, folder) -> gr.Blocks:
         private = {"queue": False, "api_visibility": "private"}
         device = {"concurrency_id": "device", "concurrency_limit": 1, "show_progress_on": [run.status]}
         req.go.click(h.arm, None, buttons + [run.status], **private).then(
-            h.generate, [req.prompt, req.rows, req.seconds, req.seed, req.model, req.steps, req.guidance, req.warm_start,
-                         req.window, req.sink, req.device, req.recache, results], outputs, api_name="generate", **device,
+            h.generate, [req.prompt, req.rows, req.seconds, req.seed, req.model, req.steps, req.first_steps,
+                         req.guidance, req.warm_start, req.window, req.sink, req.device, req.recache, results], outputs, api_name="generate", **device,
         ).then(h.idle, None, buttons, **private)
         ext.go.click(h.arm, None, buttons + [run.status], **private).then(
             h.extend, [ext.source, ext.upload, ext.seconds, ext.prompt, req.model, req.seed, req.device,

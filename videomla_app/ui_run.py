@@ -161,8 +161,8 @@ class Handlers:
 
     # -- runs ----------------------------------------------------------------------------------
     @readable
-    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, guidance, warm_start, window, sink,
-                 device: str, recache: bool, results: list, request: gr.Request):
+    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, first_steps, guidance,
+                 warm_start, window, sink, device: str, recache: bool, results: list, request: gr.Request):
         """Make a new video from a prompt or timeline; streams a preview and memory per chunk."""
         with self._job(request) as tab:
             if tab.stop.is_set():
@@ -176,7 +176,8 @@ class Handlers:
             seed = int(seed or 0)
             pipe = open_pipeline(model, device=device, steps=_int_or_none(steps), window=_int_or_none(window),
                                  sink=_int_or_none(sink), recache=bool(recache),
-                                 guidance=_float_or_none(guidance), warm_start=_float_or_none(warm_start))
+                                 guidance=_float_or_none(guidance), warm_start=_float_or_none(warm_start),
+                                 first_steps=_int_or_none(first_steps))
             path = fresh_path(self.folder, default_output(timeline.segments[0].prompt).name)
             check_output(path, False, estimate_bytes(pipe, total))
             for warning in prompt_warnings(pipe, timeline):
