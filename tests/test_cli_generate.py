@@ -180,7 +180,8 @@ def test_first_steps_change_only_the_first_chunk_and_are_recorded(tmp_path):
     assert run("extend", tmp_path / "more.mp4", "--seconds", 1, "--no-preview").exit_code == 0
     r = run(*GEN, "a red ball", "--seconds", 3, "--first-steps", 6, "--out", tmp_path / "long.mp4")
     assert r.exit_code == 0, r.stderr
-    assert np.array_equal(read_frames(tmp_path / "more-extended.mp4")[0], read_frames(tmp_path / "long.mp4")[0])
+    extended, long = read_frames(tmp_path / "more-extended.mp4")[0], read_frames(tmp_path / "long.mp4")[0]
+    assert np.array_equal(extended, long)
 
 
 def test_extend_refuses_bad_clips_and_foreign_sessions(tmp_path):

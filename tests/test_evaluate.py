@@ -237,7 +237,8 @@ def test_cli_rejects_bad_options():
     app = _cli()
     for args in (["--models", "test-mla", "--ranks"], ["--models", "nope"], ["--prompts", "9"],
                  ["--seconds", "0"], ["--prompts", "0"], ["--repeats", "0"], ["--repeats", "101"],
-                 ["--warm-start", "-5"], ["--warm-start", "1001"], ["--first-steps", "0"], ["--json", "/nonexistent/dir/eval.json"],
+                 ["--warm-start", "-5"], ["--warm-start", "1001"], ["--first-steps", "0"],
+                 ["--json", "/nonexistent/dir/eval.json"],
                  ["--dtype", "float64"], ["--device", "tpu"]):
         r = CliRunner().invoke(app, ["eval", *args])
         assert r.exit_code == 2, (args, r.output)

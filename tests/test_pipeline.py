@@ -146,7 +146,8 @@ def test_first_chunk_runs_its_own_steps():
     calls = _count_flow_calls(pipe)
     levels: list = []
     model_forward = pipe.model.forward
-    pipe.model.forward = lambda x, t, *a: levels.append(float(torch.as_tensor(t).flatten()[0])) or model_forward(x, t, *a)
+    first_level = lambda t: float(torch.as_tensor(t).flatten()[0])  # noqa: E731
+    pipe.model.forward = lambda x, t, *a: levels.append(first_level(t)) or model_forward(x, t, *a)
     more = list(pipe.stream(TL, 3, seed=2))
     assert calls == [5, 2, 2]  # the first chunk's five steps, then test-mla's two (warped)
     assert levels[:5] == pytest.approx([1000.0, 978.26, 952.38, 921.05, 882.35], abs=0.01)

@@ -69,8 +69,8 @@ def server(tmp_path_factory):
 
 def generate(client, prompt="a red ball bouncing on a beach", seconds=3, table=None, seed=0,
              model="test-mla", first_steps=None):
-    return client.submit(prompt, table or rows(), seconds, seed, model, None, first_steps, None, None, None, None,
-                         "cpu", True, api_name="/generate")
+    return client.submit(prompt, table or rows(), seconds, seed, model, None, first_steps, None, None, None,
+                         None, "cpu", True, api_name="/generate")
 
 
 def video_of(result) -> Path:

@@ -36,7 +36,8 @@ class FlowSampler:
             raise ValueError(f"unknown solver {cfg.solver!r}; known: {', '.join(SOLVERS)}")
         self.timesteps: list[float] = self._timesteps(cfg.steps)
         # The first chunk's own step list (``SamplerConfig.first_steps``), the same list when unset.
-        self.first_timesteps: list[float] = self._timesteps(cfg.first_steps) if cfg.first_steps else self.timesteps
+        first = cfg.first_steps
+        self.first_timesteps: list[float] = self._timesteps(first) if first else self.timesteps
         w = cfg.warm_start
         if not (math.isfinite(w) and 0.0 <= w <= n):
             raise ValueError(f"warm start must be a timestep in [0, {n}] (0 = off), got {w}")

@@ -161,8 +161,9 @@ class Handlers:
 
     # -- runs ----------------------------------------------------------------------------------
     @readable
-    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, first_steps, guidance,
-                 warm_start, window, sink, device: str, recache: bool, results: list, request: gr.Request):
+    def generate(self, prompt: str, rows, seconds: float, seed: float, model: str, steps, first_steps,
+                 guidance, warm_start, window, sink, device: str, recache: bool, results: list,
+                 request: gr.Request):
         """Make a new video from a prompt or timeline; streams a preview and memory per chunk."""
         with self._job(request) as tab:
             if tab.stop.is_set():
