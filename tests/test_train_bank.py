@@ -3,7 +3,7 @@ clips drawn from a bank rendered once, and a ship that leaves the other model as
 
 import json
 from dataclasses import replace
-from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,21 +118,26 @@ def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path
         ship(run, assets, r, text)
 
 
+def _start_flag(run, flag: str, stage: str, other: str, right: Path, wrong: Path, model: str, use: str):
+    """A start-weights flag (--mla-from, --twin-from): refused by another stage and for the other
+    model's weights, each in one line; then the stage trained from ``right`` (its CLI result)."""
+    r = _train(run, other, flag, str(right))
+    assert r.exit_code == 2 and r.output == f"error: {flag} starts stage {stage}; stage {other} does not use it\n"
+    r = _train(run, stage, flag, str(wrong))
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
+        f"error: {flag} {wrong}: not weights of this recipe's {model} model (names or shapes differ); "
+        f"use {use}"), r.output
+    return _train(run, stage, flag, str(right))
+
+
 def test_train_mla_from_on_the_command_line(tmp_path, monkeypatch):
     """`--mla-from` replaces stage 2's need for the stage-1 weights; other stages refuse it; a file
     that is not MLA weights gets one line."""
     assets, run = _shipped(tmp_path)
     monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
     _start_weights(tmp_path, run)
-    train = partial(_train, run)
-
-    r = train("mha", "--mla-from", str(tmp_path / "mla.safetensors"))
-    assert r.exit_code == 2 and r.output == "error: --mla-from starts stage mla; stage mha does not use it\n"
-    r = train("mla", "--mla-from", str(tmp_path / "mha.safetensors"))
-    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
-        f"error: --mla-from {tmp_path}/mha.safetensors: not weights of this recipe's MLA model (names or "
-        "shapes differ); use a run's mla.safetensors or a tiny model.safetensors"), r.output
-    r = train("mla", "--mla-from", str(tmp_path / "mla.safetensors"))
+    r = _start_flag(run, "--mla-from", "mla", "mha", tmp_path / "mla.safetensors", tmp_path / "mha.safetensors",
+                    "MLA", "a run's mla.safetensors or a tiny model.safetensors")
     assert r.exit_code == 0 and (run / "mla.safetensors").exists(), r.output
     r = CliRunner().invoke(app, ["train", "ship", "--recipe", "smoke", "--out", str(run)])
     assert r.exit_code == 0 and "wrote" in r.output and "tiny-mha" not in r.output, r.output
@@ -149,15 +154,8 @@ def test_train_twin_from_on_the_command_line(tmp_path, monkeypatch):
         (assets / "tiny" / name).write_text("the shipped tiny")
     monkeypatch.setenv("VIDEOMLA_ASSETS", str(assets))
     dense = _start_weights(tmp_path, run)
-    train = partial(_train, run)
-
-    r = train("mla", "--twin-from", str(tmp_path / "mha.safetensors"))
-    assert r.exit_code == 2 and r.output == "error: --twin-from starts stage twin; stage mla does not use it\n"
-    r = train("twin", "--twin-from", str(tmp_path / "mla.safetensors"))
-    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
-        f"error: --twin-from {tmp_path}/mla.safetensors: not weights of this recipe's dense model (names or "
-        "shapes differ); use a run's mha.safetensors or a tiny-mha model.safetensors"), r.output
-    r = train("twin", "--twin-from", str(tmp_path / "mha.safetensors"))
+    r = _start_flag(run, "--twin-from", "twin", "mla", tmp_path / "mha.safetensors", tmp_path / "mla.safetensors",
+                    "dense", "a run's mha.safetensors or a tiny-mha model.safetensors")
     assert r.exit_code == 0 and (run / "twin.safetensors").exists() and not (run / "mha.safetensors").exists()
     twin = load_file(str(run / "twin.safetensors"))
     assert any(not torch.equal(v.bfloat16(), dense.state_dict()[k].bfloat16()) for k, v in twin.items())  # trained
