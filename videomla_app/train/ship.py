@@ -82,10 +82,21 @@ def ship(run_dir: Path, assets: Path, recipe: Recipe, text_encoder) -> list[Path
     assets.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".ship-", dir=assets) as tmp:
         staged = _write_all(run_dir, Path(tmp), recipe, text_encoder, kept)
+        mode = _new_file_mode()
         for rel in staged:
             (assets / rel).parent.mkdir(parents=True, exist_ok=True)
+            # safetensors' save_file makes its files private (0600): shipped weights are read by
+            # whoever runs the app, like the model.json beside them
+            os.chmod(Path(tmp) / rel, mode)
             os.replace(Path(tmp) / rel, assets / rel)
     return [assets / rel for rel in staged]
+
+
+def _new_file_mode() -> int:
+    """The permissions the umask gives a new file (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def save_bf16(src: Path, dst: Path) -> None:
