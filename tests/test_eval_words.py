@@ -159,7 +159,10 @@ def test_anchored_word_use_changes_only_the_first_chunk(offline):
     assert (plain["anchored"], anchored["anchored"]) == (False, True)
     assert anchored["loss"]["later"] == pytest.approx(plain["loss"]["later"], rel=1e-5)
     assert anchored["loss"]["first"] != pytest.approx(plain["loss"]["first"], rel=1e-3)
-    assert word_use(pipe, clips=1)["anchored"] is False  # by default: as the model's own sampler
+    # by default as the model's own sampler: the shipped `tiny` samples anchored, a plain one not
+    assert pipe.preset.sampler.anchor_first and word_use(pipe, clips=1)["anchored"] is True
+    pipe.preset = replace(pipe.preset, sampler=replace(pipe.preset.sampler, anchor_first=False))
+    assert word_use(pipe, clips=1)["anchored"] is False
 
 
 def test_eval_words_errors_are_one_line():
