@@ -120,7 +120,8 @@ def test_tiny_follows_straight_motions(pipes):
                  world.WorldSpec("diamond", "purple", "small", 4, "down", "snow")):
         prompt = world.caption(spec)
         for seed in (0, 1):
-            frames = np.concatenate([e.frames for e in pipe.stream(prompt, pipe.chunks_for_seconds(3.0), seed=seed)])
+            chunks = pipe.chunks_for_seconds(3.0)
+            frames = np.concatenate([e.frames for e in pipe.stream(prompt, chunks, seed=seed)])
             m = evaluate_segment(frames[16:], prompt, pipe.preset.video.fps, start_frame=16, seed=seed)
             hits.append(m.readings["motion"] == spec.motion)
     assert sum(hits) >= 4, hits

@@ -203,8 +203,8 @@ RECIPES["tiny-t4-cpu-g2"] = replace(RECIPES["tiny-t4-cpu"], name="tiny-t4-cpu-g2
 # (``SamplerConfig.anchor_first``), `tiny` follows motion 59 % on the 56 motion prompts (38 before,
 # +21 +- 5 paired): the first-chunk use of the direction word went from +0.2 to +20.6 % (README,
 # "The anchored first chunk, on the shipped pair").
-RECIPES["tiny-t4-cpu-anchor"] = replace(RECIPES["tiny-t4-cpu-g2"], name="tiny-t4-cpu-anchor", anchor_first=0.75,
-                                        first_chunk_weight=3.0)
+RECIPES["tiny-t4-cpu-anchor"] = replace(RECIPES["tiny-t4-cpu-g2"], name="tiny-t4-cpu-anchor",
+                                        anchor_first=0.75, first_chunk_weight=3.0)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
