@@ -27,3 +27,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def new_file_mode() -> int:
+    """The permissions the umask gives a new file (0644 under the usual 022): what files the app
+    writes for others to read must get, not ``mkstemp``'s or ``save_file``'s private 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

@@ -2,7 +2,6 @@
 clips drawn from a bank rendered once, and a ship that leaves the other model as shipped."""
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def _train(run, *args):
     return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
 
 
-def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path):
+def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path, new_file_mode):
     assets, run = _shipped(tmp_path)
     text = ToyTextEncoder(32, 8)
     from videomla_app.autoencoder import CausalVideoAE
@@ -115,17 +114,11 @@ def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path
     assert (assets / "ae.safetensors").read_bytes() == ae_bytes
     # the weights get the umask's permissions like model.json, not save_file's private 0600
     modes = {p.name: p.stat().st_mode & 0o777 for p in written}
-    assert modes["model.safetensors"] == modes["model.json"] == 0o666 & ~_umask(), modes
+    assert modes["model.safetensors"] == modes["model.json"] == new_file_mode, modes
     # a run with its own autoencoder cannot leave the twin: it reads other latents
     build_autoencoder("ae-tiny", seed=1).save(run / "ae.safetensors")
     with pytest.raises(FileNotFoundError, match="can leave tiny-mha as shipped only when its ae.safetensors is"):
         ship(run, assets, r, text)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _start_flag(run, flag: str, stage: str, other: str, right: Path, wrong: Path, model: str, use: str):
