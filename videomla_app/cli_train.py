@@ -19,8 +19,9 @@ def train(
                                              "tiny-t4-gpu (4 video frames per latent frame), tiny-t4-anchor-gpu (that, with "
                                              "the anchored first chunk, weighted 3x), tiny-t4-cpu (more MLA fine-tune and "
                                              "distillation on the CPU, from a bank of clips), "
-                                             "tiny-t4-cpu-anchor (the shipped pair's CPU fine-tune, "
-                                             "anchored first chunk) or smoke (seconds).")] = "tiny",
+                                             "tiny-t4-cpu-anchor (the CPU fine-tune with the "
+                                             "anchored first chunk), tiny-t4-cpu-pairs (that, with a "
+                                             "left/right contrast pair in each batch) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,

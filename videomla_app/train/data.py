@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +39,43 @@ def clip_batch(frame_size: int, step: int, seed: int, batch: int, n_frames: int,
                                   seed=int(rng.integers(1 << 30))))
         captions.append(world.caption(spec, rng))
         scenes.append(spec.scene)
+    return np.stack(clips), captions, scenes
+
+
+# The motion a contrast pair's second clip takes (:func:`pair_batch`): the opposite direction for a
+# straight motion, another oscillation or the orbit for the ones that stay in place.
+CONTRAST: dict[str, tuple[str, ...]] = {
+    "left": ("right",), "right": ("left",), "up": ("down",), "down": ("up",),
+    "circling": ("bouncing", "hovering"), "bouncing": ("hovering", "circling"),
+    "hovering": ("bouncing", "circling")}
+
+
+def pair_batch(frame_size: int, step: int, seed: int, pairs: int, n_frames: int, motions: tuple[str, ...],
+               ) -> tuple[np.ndarray, list[str], list[str]]:
+    """``pairs`` contrast pairs, 2 x pairs clips uint8 [2P, F, S, S, 3] with their captions and
+    scenes, a pure function of ``(seed, step)``: clips 2i and 2i + 1 are one world (objects, scene,
+    start, render seed, caption wording) whose motion is one of ``motions`` and its :data:`CONTRAST`,
+    so the two captions differ in the motion phrase alone.
+
+    Why: MiniLM puts "left" and "right" close (their token states differ by about half as much as
+    "left" and "up"), and in independent clips the word is a small part of what tells two videos
+    apart, so the shipped pair moved objects left for 6 of 16 "... to the right" prompts. In a pair
+    trained with one draw of noise (``flow.flow_prediction``'s ``pairs``) the word is all that
+    differs, so all of the pair's loss gap is the model not using it."""
+    rng = np.random.default_rng([seed, step, 0xC0A7])
+    clips, captions, scenes = [], [], []
+    for _ in range(pairs):
+        spec = world.sample_spec(rng)
+        first = str(motions[int(rng.integers(len(motions)))])
+        second = str(CONTRAST[first][int(rng.integers(len(CONTRAST[first])))])
+        start, render_seed = int(rng.integers(0, START_RANGE)), int(rng.integers(1 << 30))
+        state = rng.bit_generator.state
+        for motion in (first, second):
+            rng.bit_generator.state = state  # the same wording draws: every motion has 4 phrasings
+            twin = replace(spec, motion=motion)
+            clips.append(world.render(twin, start, start + n_frames, size=frame_size, seed=render_seed))
+            captions.append(world.caption(twin, rng))
+            scenes.append(twin.scene)
     return np.stack(clips), captions, scenes
 
 
@@ -75,13 +112,15 @@ def latent_cover(cover: np.ndarray, temporal_stride: int) -> np.ndarray:
 @dataclass(frozen=True)
 class ClipRequest:
     """What every step of a stage renders: ``batch`` clips of ``n_frames`` frames at ``frame_size``,
-    plus their object-coverage maps at ``cover_stride`` pixels per latent pixel (None: no map)."""
+    plus their object-coverage maps at ``cover_stride`` pixels per latent pixel (None: no map); with
+    ``pair_motions``, ``batch / 2`` contrast pairs over those motions instead of independent clips."""
 
     frame_size: int
     seed: int
     batch: int
     n_frames: int
     cover_stride: int | None = None
+    pair_motions: tuple[str, ...] = ()  # non-empty: batch / 2 contrast pairs (:func:`pair_batch`)
 
 
 @dataclass(frozen=True)
@@ -94,7 +133,11 @@ class ClipBatch:
 
 def render_batch(req: ClipRequest, step: int) -> ClipBatch:
     """The clips of one step (runs in a worker process when the source has workers)."""
-    frames, captions, scenes = clip_batch(req.frame_size, step, req.seed, req.batch, req.n_frames)
+    if req.pair_motions:
+        frames, captions, scenes = pair_batch(req.frame_size, step, req.seed, req.batch // 2, req.n_frames,
+                                              req.pair_motions)
+    else:
+        frames, captions, scenes = clip_batch(req.frame_size, step, req.seed, req.batch, req.n_frames)
     cover = coverage_map(frames, scenes, req.cover_stride) if req.cover_stride else None
     return ClipBatch(frames, captions, scenes, cover)
 

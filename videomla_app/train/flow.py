@@ -101,15 +101,16 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
                        sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
                        weight: torch.Tensor | None = None, full_context: float = 0.0,
                        frame_noise: float = 0.0, anchor_first: float = 0.0,
-                       first_chunk_weight: float = 1.0) -> torch.Tensor:
+                       first_chunk_weight: float = 1.0, pairs: int = 0) -> torch.Tensor:
     """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]; weight: optional
     per-element loss weight broadcastable to x0 (e.g. [B, F, 1, h, w]), normalised so the loss
     stays a weighted mean; full_context / frame_noise / anchor_first: fractions of clips whose
     context is noised like the noisy chunks (:func:`full_context_timesteps`) / whose frames get a
     level each (:func:`frame_timesteps`) / whose first frame is nearly clean
-    (:func:`anchored_timesteps`); first_chunk_weight: see :func:`first_chunk_weights`. Returns a scalar."""
+    (:func:`anchored_timesteps`); first_chunk_weight: see :func:`first_chunk_weights`; pairs: the
+    batch's last ``pairs`` clip pairs share their noise (:func:`share_pairs`). Returns a scalar."""
     pred, target, scored = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max,
-                                           full_context, frame_noise, anchor_first)
+                                           full_context, frame_noise, anchor_first, pairs)
     return weighted_mse(pred, target, frame_weight(weight, scored, cache.chunk_frames, first_chunk_weight))
 
 
@@ -144,10 +145,12 @@ def first_chunk_weights(n: int, chunk: int, factor: float) -> torch.Tensor:
 def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
                     sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
                     full_context: float = 0.0, frame_noise: float = 0.0,
-                    anchor_first: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    anchor_first: float = 0.0, pairs: int = 0,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The predicted and the true flow [B, F, C, h, w] of one teacher-forcing draw (the loss's
     inputs; the noise levels and noise are drawn from ``gen``, so a seed repeats the draw), and
-    which frames are scored [B, F] (all but anchored first frames)."""
+    which frames are scored [B, F] (all but anchored first frames). ``pairs``: the last ``pairs``
+    clip pairs get one draw each (:func:`share_pairs`)."""
     sampler = FlowSampler(sampler_cfg)
     B, n = x0.shape[:2]
     dev = x0.device
@@ -162,6 +165,8 @@ def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cach
     anchored = torch.zeros_like(t, dtype=torch.bool)
     if anchor_first:
         t, anchored = anchored_timesteps(t, t_ctx, anchor_first, gen)
+    if pairs:
+        t, t_ctx, anchored, eps, eps_ctx = (share_pairs(v, pairs) for v in (t, t_ctx, anchored, eps, eps_ctx))
     per_frame = (..., None, None, None)
     x_t = sampler.add_noise(x0, eps, t[per_frame])
     x_ctx = sampler.add_noise(x0, eps_ctx, t_ctx[per_frame])
@@ -169,6 +174,23 @@ def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cach
     pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
                                teacher_forcing=True)[:, n:]  # the noisy half
     return pred, sampler.flow_target(x0, eps), ~anchored
+
+
+def share_pairs(x: torch.Tensor, pairs: int) -> torch.Tensor:
+    """``x`` [B, ...] with the second clip of each of the last ``pairs`` pairs (clips B - 2P + 2i and
+    B - 2P + 2i + 1) given its first clip's draw. Drawn for all B first and then copied, so the other
+    clips' draws, and every draw after, are the ones an unpaired batch gets.
+
+    Why: a contrast pair (``data.pair_batch``) is two clips that differ in motion and in the motion
+    phrase of their captions; with one noise draw the gap between their losses comes from those
+    alone, not from one clip happening to get an easier noise level."""
+    B = x.shape[0]
+    if pairs < 0 or 2 * pairs > B:
+        raise ValueError(f"{pairs} pairs do not fit a batch of {B}")
+    first = torch.arange(B - 2 * pairs, B, 2, device=x.device)
+    out = x.clone()
+    out[first + 1] = x[first]
+    return out
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
