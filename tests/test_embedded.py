@@ -49,10 +49,11 @@ def pipes():
 @pytest.mark.parametrize("name", ["tiny", "tiny-mha"])
 def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     spec = json.loads((assets_dir() / name / "model.json").read_text())
-    # both: the H200 run's, with two CPU fine-tunes each (stage 2 and its twin stage 3), the last
-    # with the anchored first chunk, sampled with real guidance: a pair that differs only in attention
-    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-anchor"
-    assert spec["train"]["steps"] == {"tiny": 1027, "tiny-mha": 980}[name]  # what a 38-minute budget fit
+    # both: the H200 run's, with three CPU fine-tunes each (stage 2 and its twin stage 3), the last
+    # two with the anchored first chunk, the last with contrast pairs, sampled with real guidance: a
+    # pair that differs only in attention
+    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-pairs"
+    assert spec["train"]["steps"] == {"tiny": 802, "tiny-mha": 902}[name]  # what a 30-minute budget fit
     assert spec["sampler"]["guidance"] == 2.0 == pipes[name].preset.sampler.guidance
     pipe = pipes[name]
     # the first chunk denoised once more with its first frame held (README, "The anchored first chunk,
@@ -125,6 +126,22 @@ def test_tiny_follows_straight_motions(pipes):
             m = evaluate_segment(frames[16:], prompt, pipe.preset.video.fps, start_frame=16, seed=seed)
             hits.append(m.readings["motion"] == spec.motion)
     assert sum(hits) >= 4, hits
+
+
+def test_tiny_moves_right_when_asked_to(pipes):
+    """Until the contrast-pair fine-tune (README, "Contrast pairs") the shipped `tiny` moved objects
+    left for "... to the right" prompts as often as right, or more. On these 8 videos of 4 s (two
+    phrasings, four worlds) it read right in 5 and left in none; the anchored pair before it 0 and 3."""
+    pipe = pipes["tiny"]
+    readings = []
+    for k, base in enumerate(("a red ball {} in a blue sky", "two green squares {} over a grassy meadow",
+                              "three yellow stars {} in the night sky", "a large blue diamond {} under the sea")):
+        for phrase in ("gliding rightward", "moving to the right"):
+            prompt = base.format(phrase)
+            frames = np.concatenate([e.frames for e in pipe.stream(prompt, pipe.chunks_for_seconds(4.0),
+                                                                   seed=100 + k)])
+            readings.append(world.read_motion(frames[16:], world.spec_from_prompt(prompt).scene))
+    assert readings.count("right") >= 3 and readings.count("left") <= 1, readings
 
 
 def test_benchmark_times_the_shipped_model_cold_and_warm():

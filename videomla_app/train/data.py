@@ -57,11 +57,12 @@ def pair_batch(frame_size: int, step: int, seed: int, pairs: int, n_frames: int,
     start, render seed, caption wording) whose motion is one of ``motions`` and its :data:`CONTRAST`,
     so the two captions differ in the motion phrase alone.
 
-    Why: MiniLM puts "left" and "right" close (their token states differ by about half as much as
-    "left" and "up"), and in independent clips the word is a small part of what tells two videos
-    apart, so the shipped pair moved objects left for 6 of 16 "... to the right" prompts. In a pair
-    trained with one draw of noise (``flow.flow_prediction``'s ``pairs``) the word is all that
-    differs, so all of the pair's loss gap is the model not using it."""
+    Why: the anchored pair moved objects left for 6 of 16 "... to the right" prompts and right for
+    none, though its bank holds as many clips drifting each way. In independent clips the direction
+    word is a small part of what tells two videos apart (MiniLM's state at "right" is 6.4 from the
+    one at "left", 10.2 from "up"'s), so its gradient is small. In a pair trained on one noise draw
+    (``flow.share_pairs``) the word is all that differs, so the pair's whole loss gap is the model
+    not using it."""
     rng = np.random.default_rng([seed, step, 0xC0A7])
     clips, captions, scenes = [], [], []
     for _ in range(pairs):

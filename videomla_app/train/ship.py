@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -124,9 +125,11 @@ def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder, kept: lis
     """Write every shipped file under ``out`` (not those of the ``kept`` models); returns their
     paths relative to it."""
     written = []
-    ae = CausalVideoAE.load(run_dir / "ae.safetensors")
+    ae = CausalVideoAE.load(run_dir / "ae.safetensors")  # refuses a file that is not an autoencoder
     if not kept:  # else it is the shipped file already
-        ae.save(out / "ae.safetensors")
+        # the run's bytes, not a re-save: safetensors orders its metadata differently from one save to
+        # the next, so re-saving an unchanged autoencoder made git see a new 3 MB binary
+        shutil.copyfile(run_dir / "ae.safetensors", out / "ae.safetensors")
         written.append(Path("ae.safetensors"))
     for name, (stages, preset_field, warm_field) in EXPORTS.items():
         if name in kept:
