@@ -2,9 +2,9 @@
 scene, look like the world they were trained on and keep a small cache. These run the real trained
 weights, so they fail if a re-export or a code change breaks the pictures, not just the shapes.
 
-What the weights do not do yet (objects' count follows the prompt only rarely, and "right" and
-bouncing motions seldom; see assets/MODEL_CARD.md) is not asserted here: the tests pin what users
-can rely on today.
+What the weights do not do yet (objects' count follows the prompt only rarely, and bouncing
+motions seldom; see assets/MODEL_CARD.md) is not asserted here: the tests pin what users can rely
+on today.
 """
 
 from __future__ import annotations
