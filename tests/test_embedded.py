@@ -129,13 +129,15 @@ def test_tiny_follows_straight_motions(pipes):
 
 
 def test_tiny_moves_right_when_asked_to(pipes):
-    """Until the contrast-pair fine-tune (README, "Contrast pairs") the shipped `tiny` moved objects
-    left for "... to the right" prompts as often as right, or more. On these 8 videos of 4 s (two
-    phrasings, four worlds) it read right in 5 and left in none; the anchored pair before it 0 and 3."""
+    """Until the contrast-pair fine-tune (README, "Contrast pairs for the direction word") the
+    shipped `tiny` moved objects left for "... to the right" prompts more often than right. On these
+    8 videos of 4 s (two phrasings, four worlds) it read right in 5 and left in none; the anchored
+    pair before it 0 and 3."""
     pipe = pipes["tiny"]
     readings = []
-    for k, base in enumerate(("a red ball {} in a blue sky", "two green squares {} over a grassy meadow",
-                              "three yellow stars {} in the night sky", "a large blue diamond {} under the sea")):
+    worlds = ("a red ball {} in a blue sky", "two green squares {} over a grassy meadow",
+              "three yellow stars {} in the night sky", "a large blue diamond {} under the sea")
+    for k, base in enumerate(worlds):
         for phrase in ("gliding rightward", "moving to the right"):
             prompt = base.format(phrase)
             frames = np.concatenate([e.frames for e in pipe.stream(prompt, pipe.chunks_for_seconds(4.0),

@@ -121,7 +121,8 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
 
     ship(tmp_path, tmp_path / "assets", replace(r, guidance=2.0), text)
     # the autoencoder ships as the run's bytes: an unchanged one is an unchanged file
-    assert (tmp_path / "assets" / "ae.safetensors").read_bytes() == (tmp_path / "ae.safetensors").read_bytes()
+    shipped_ae = (tmp_path / "assets" / "ae.safetensors").read_bytes()
+    assert shipped_ae == (tmp_path / "ae.safetensors").read_bytes()
     shipped = load_file(str(tmp_path / "assets" / "tiny-mha" / "model.safetensors"))
     assert all(torch.equal(v, twin.state_dict()[k].to(torch.bfloat16)) for k, v in shipped.items())
     # stage 4: guidance distillation of both; ship then exports the distilled weights

@@ -24,7 +24,8 @@ PAIRED = replace(SMOKE, bank_batches=1, pair_bank_batches=1, pairs_per_step=1, p
 
 def test_a_contrast_pair_is_one_world_whose_motion_and_motion_phrase_alone_differ():
     frames, captions, scenes = pair_batch(128, 3, seed=7, pairs=3, n_frames=40, motions=("left", "right"))
-    assert frames.shape == (6, 40, 128, 128, 3) and frames.dtype == np.uint8 and len(captions) == len(scenes) == 6
+    assert frames.shape == (6, 40, 128, 128, 3) and frames.dtype == np.uint8
+    assert len(captions) == len(scenes) == 6
     for i in range(0, 6, 2):
         a, b = world.parse_prompt(captions[i]), world.parse_prompt(captions[i + 1])
         assert a["motion"] in ("left", "right") and b["motion"] == CONTRAST[a["motion"]][0]
@@ -59,7 +60,8 @@ def test_a_pair_shares_its_noise_draw_and_the_other_clips_keep_theirs():
     text = torch.randn(4, P.text_len, P.model.text_dim, generator=g)
     x0[3], text[3] = x0[2], text[2]  # clips 2 and 3: the same clip and prompt
     with torch.no_grad():
-        plain, target, _ = flow_prediction(model, x0, text, P.cache, P.sampler, step_generator(0, 0), anchor_first=0.5)
+        plain, target, _ = flow_prediction(model, x0, text, P.cache, P.sampler, step_generator(0, 0),
+                                           anchor_first=0.5)
         paired, ptarget, _ = flow_prediction(model, x0, text, P.cache, P.sampler, step_generator(0, 0),
                                              anchor_first=0.5, pairs=1)
     assert torch.equal(paired[3], paired[2]) and torch.equal(ptarget[3], ptarget[2])  # one draw for the pair
@@ -96,13 +98,13 @@ def test_the_bank_ends_each_batch_with_captioned_pairs_from_its_own_bank(tmp_pat
         assert torch.equal(states[2:], ptext[i:i + 2])  # pairs keep their captions
         assert torch.equal(weight[2:], pweight[i:i + 2].half().float())
     # a pair-less recipe draws exactly as before: the same plain clips for a step
-    plain = LatentBank(replace(SMOKE, bank_batches=1), ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0,
-                       quiet=True)
+    plain = LatentBank(replace(SMOKE, bank_batches=1), ae, text, tmp_path / "bank", batch=4,
+                       caption_dropout=0.0, quiet=True)
     assert plain.pairs == 0 and plain.batch(2)[0].shape[0] == 4
     with pytest.raises(ValueError, match="2 contrast pairs do not fit a batch of 3"):
-        LatentBank(replace(PAIRED, pairs_per_step=2), ae, text, tmp_path / "bank", batch=3, caption_dropout=0.0,
-                   quiet=True, pair_folder=tmp_path / "pairs")
-    with pytest.raises(ValueError, match="pairs_per_step needs pair_bank_batches, pair_motions and a pair folder"):
+        LatentBank(replace(PAIRED, pairs_per_step=2), ae, text, tmp_path / "bank", batch=3,
+                   caption_dropout=0.0, quiet=True, pair_folder=tmp_path / "pairs")
+    with pytest.raises(ValueError, match="pairs_per_step needs pair_bank_batches, pair_motions and a pair"):
         LatentBank(PAIRED, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
     with pytest.raises(ValueError, match="contrast pairs need an even batch, got 3"):
         LatentData(PAIRED, ae, text, PAIR_SEED, 3, pair_motions=("left",))
