@@ -80,8 +80,8 @@ class Recipe:
     # the first chunk is noised: trains the sampler's anchored first chunk (``flow.anchored_timesteps``).
     # 0.75 for 2,400 CPU steps from the stage-1 weights taught the direction word (first-chunk use
     # -0.1 -> +12.3 %) and straight motions 8 -> 31 % (README, "The anchored first chunk"), but
-    # drifted over a minute; as the last fine-tune of the shipped pair (`tiny-t4-cpu-anchor`) it
-    # taught the word without drift, and those weights ship with it.
+    # drifted over a minute; as a fine-tune of the shipped pair (`tiny-t4-cpu-anchor`) it taught the
+    # word without drift, and the contrast-pair fine-tune (`tiny-t4-cpu-pairs`) kept it.
     anchor_first: float = 0.0
     # Loss weight of the first chunk's frames, the ones with no context (``flow.first_chunk_weights``;
     # 1: plain). 3 on top of anchor_first 0.75, 600 CPU steps from the 1,800-step anchored weights:
@@ -93,8 +93,8 @@ class Recipe:
     # 16 there (README, "The first chunk's steps") cost ~0.5 s once per video.
     first_steps: int = 0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
-    # Contrast pairs (``data.pair_batch``): ``pairs_per_step`` of each DiT batch's clip pairs come
-    # from ``pair_bank_batches`` banked batches of pairs whose first motion is one of
+    # Contrast pairs (``data.pair_batch``): the last 2 x ``pairs_per_step`` clips of each DiT batch
+    # are pairs from ``pair_bank_batches`` banked batches of pairs whose first motion is one of
     # ``pair_motions``; a pair shares one draw of noise and keeps its captions (no dropout), so the
     # motion phrase is the only thing between its two losses. Needs ``bank_batches``.
     pair_bank_batches: int = 0
