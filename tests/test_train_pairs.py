@@ -1,6 +1,7 @@
-"""Contrast pairs: one world drawn twice with two motions, captioned alike but for the motion phrase,
-banked beside the plain clips and trained on one noise draw per pair."""
+"""Contrast pairs: one world drawn twice with two motions (or two counts), captioned alike but for the
+motion (count) phrase, banked beside the plain clips and trained on one noise draw per pair."""
 
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -13,11 +14,15 @@ from videomla_app.config import get_preset
 from videomla_app.encoders import ToyTextEncoder
 from videomla_app.model import build_model
 from videomla_app.train.bank import PAIR_SEED, RENDER_BATCH, LatentBank
-from videomla_app.train.data import CONTRAST, pair_batch
+from videomla_app.train.data import CONTRAST, COUNT_CONTRAST, pair_batch
 from videomla_app.train.flow import flow_matching_loss, flow_prediction, share_pairs
 from videomla_app.train.loop import step_generator
 from videomla_app.train.stages import RECIPES, LatentData, train_dit
+from videomla_app.world.captions import COUNT_PHRASES
+from videomla_app.world.spec import COUNTS
 
+# the words of every count phrase ("a lone", "a trio of", "four", ...)
+COUNT_WORDS = {w for ps in COUNT_PHRASES.values() for p in ps for w in p.lower().split()} | {"a", "an"}
 SMOKE = replace(RECIPES["smoke"], object_weight=4.0, caption_dropout=0.5)
 PAIRED = replace(SMOKE, bank_batches=1, pair_bank_batches=1, pairs_per_step=1, pair_motions=("left", "right"))
 
@@ -50,6 +55,32 @@ def test_bouncing_pairs_contrast_with_the_motions_that_stay_in_place():
     seconds = {world.parse_prompt(c)["motion"] for c in captions[1::2]}
     assert {world.parse_prompt(c)["motion"] for c in captions[::2]} == {"bouncing"}
     assert seconds == {"hovering", "circling"}
+
+
+def test_a_count_pair_is_one_world_whose_count_and_count_phrase_alone_differ():
+    frames, captions, scenes = pair_batch(64, 5, seed=3, pairs=12, n_frames=4, motions=(), counts=(1, 3))
+    firsts = set()
+    for i in range(0, 24, 2):
+        a, b = world.parse_prompt(captions[i]), world.parse_prompt(captions[i + 1])
+        firsts.add(a["count"])
+        assert a["count"] in (1, 3) and b["count"] in COUNT_CONTRAST[a["count"]], captions[i:i + 2]
+        assert {**a, "count": b["count"]} == b, (captions[i], captions[i + 1])  # nothing else differs
+        # the same wording: only the count phrase and the number of the noun and the verb may differ
+        ca, cb = Counter(captions[i].lower().split()), Counter(captions[i + 1].lower().split())
+        differ = set((ca - cb) + (cb - ca))
+        number = {w for w in differ for v in differ if w in (v + "s", v + "es") or v in (w + "s", w + "es")}
+        assert differ - number <= COUNT_WORDS, (captions[i], captions[i + 1])
+        # the pixels hold as many objects as the captions say (the evaluation's reader)
+        assert world.read_count(frames[i], scenes[i]) == a["count"]
+        assert world.read_count(frames[i + 1], scenes[i]) == b["count"]
+    assert firsts == {1, 3}
+    assert set(COUNT_CONTRAST) == set(COUNTS) and all(
+        c not in o and len(o) == 3 for c, o in COUNT_CONTRAST.items())
+    # pairs over motions and counts mix both; pairs over motions alone draw exactly as before
+    mixed = pair_batch(32, 0, seed=1, pairs=16, n_frames=2, motions=("left",), counts=(2,))[1]
+    kinds = {"count" if world.parse_prompt(mixed[i])["motion"] == world.parse_prompt(mixed[i + 1])["motion"]
+             else "motion" for i in range(0, 32, 2)}
+    assert kinds == {"count", "motion"}
 
 
 def test_a_pair_shares_its_noise_draw_and_the_other_clips_keep_theirs():
@@ -104,7 +135,8 @@ def test_the_bank_ends_each_batch_with_captioned_pairs_from_its_own_bank(tmp_pat
     with pytest.raises(ValueError, match="2 contrast pairs do not fit a batch of 3"):
         LatentBank(replace(PAIRED, pairs_per_step=2), ae, text, tmp_path / "bank", batch=3,
                    caption_dropout=0.0, quiet=True, pair_folder=tmp_path / "pairs")
-    with pytest.raises(ValueError, match="pairs_per_step needs pair_bank_batches, pair_motions and a pair"):
+    with pytest.raises(ValueError, match="pairs_per_step needs pair_bank_batches, pair_motions or "
+                                         "pair_counts, and a pair folder"):
         LatentBank(PAIRED, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
     with pytest.raises(ValueError, match="contrast pairs need an even batch, got 3"):
         LatentData(PAIRED, ae, text, PAIR_SEED, 3, pair_motions=("left",))
@@ -123,3 +155,17 @@ def test_a_stage_with_contrast_pairs_trains_from_its_two_banks(tmp_path):
     assert (r.pairs_per_step, r.pair_bank_batches, r.pair_motions) == (1, 48, ("left", "right", "bouncing"))
     assert replace(r, name="tiny-t4-cpu-anchor", pairs_per_step=0, pair_bank_batches=0,
                    pair_motions=()) == RECIPES["tiny-t4-cpu-anchor"]
+    # ... and of its count pairs: two pairs per batch, over those motions and every count
+    c = RECIPES["tiny-t4-cpu-counts"]
+    assert (c.pairs_per_step, c.pair_bank_batches, c.pair_counts) == (2, 64, (1, 2, 3, 4))
+    assert replace(c, name=r.name, pairs_per_step=1, pair_bank_batches=48, pair_counts=()) == r
+
+
+def test_count_pairs_alone_fill_a_bank(tmp_path):
+    ae, text = build_autoencoder("ae-tiny", seed=0).eval(), ToyTextEncoder(32, 8)
+    counted = replace(PAIRED, pair_motions=(), pair_counts=(1, 4))
+    bank = LatentBank(counted, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True,
+                      pair_folder=tmp_path / "pairs")
+    assert bank.pairs == 1 and len(bank.pair_x0) == RENDER_BATCH
+    x0, states, _ = bank.batch(0)
+    assert x0.shape[0] == states.shape[0] == 4

@@ -40,9 +40,10 @@ class LatentBank:
                  workers: int = 0, quiet: bool = False, pair_folder: Path | None = None) -> None:
         self.n, self.dropout = batch, caption_dropout
         self.pairs = recipe.pairs_per_step
-        if self.pairs and (pair_folder is None or not recipe.pair_bank_batches or not recipe.pair_motions):
+        if self.pairs and (pair_folder is None or not recipe.pair_bank_batches
+                           or not (recipe.pair_motions or recipe.pair_counts)):
             raise ValueError(f"recipe {recipe.name!r}: pairs_per_step needs pair_bank_batches, pair_motions "
-                             "and a pair folder")
+                             "or pair_counts, and a pair folder")
         if 2 * self.pairs > batch:
             raise ValueError(f"{self.pairs} contrast pairs do not fit a batch of {batch}")
         parts = _banked(recipe, ae, text_encoder, folder, recipe.bank_batches, BANK_SEED, (), workers, quiet)
@@ -51,7 +52,7 @@ class LatentBank:
         if self.pairs:
             self.pair_x0, self.pair_text, self.pair_weight = _banked(
                 recipe, ae, text_encoder, pair_folder, recipe.pair_bank_batches, PAIR_SEED,
-                recipe.pair_motions, workers, quiet, "contrast pairs")
+                recipe.pair_motions, workers, quiet, "contrast pairs", recipe.pair_counts)
         self.empty = text_encoder.encode([""]).to(ae.device)  # [1, L, D]
         if len(self.x0) < batch - 2 * self.pairs:
             raise ValueError(f"a bank of {len(self.x0)} clips cannot fill a batch of {batch}")
@@ -85,7 +86,7 @@ class LatentBank:
 
 
 def _banked(recipe, ae, text_encoder, folder: Path, n_files: int, seed: int, pair_motions: tuple[str, ...],
-            workers: int, quiet: bool, what: str = "clips",
+            workers: int, quiet: bool, what: str = "clips", pair_counts: tuple[int, ...] = (),
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The latents [N, F, C, h, w] fp16, token states [N, L, D] and object weights (or None) of
     ``n_files`` bank files in ``folder``, rendering the missing ones first (resumable: one file per
@@ -100,7 +101,7 @@ def _banked(recipe, ae, text_encoder, folder: Path, n_files: int, seed: int, pai
             print(f"bank: rendering {len(todo)} of {len(files)} batches of {RENDER_BATCH} {what} "
                   f"into {folder}", flush=True)
         render = LatentData(replace(recipe, caption_dropout=0.0), ae, text_encoder, seed, RENDER_BATCH,
-                            workers, pair_motions)
+                            workers, pair_motions, pair_counts)
         try:
             for i in todo:
                 x0, text, weight = render.batch(i)
