@@ -76,11 +76,18 @@ def test_a_count_pair_is_one_world_whose_count_and_count_phrase_alone_differ():
     assert firsts == {1, 3}
     assert set(COUNT_CONTRAST) == set(COUNTS) and all(
         c not in o and len(o) == 3 for c, o in COUNT_CONTRAST.items())
-    # pairs over motions and counts mix both; pairs over motions alone draw exactly as before
+    # pairs over motions and counts mix both kinds
     mixed = pair_batch(32, 0, seed=1, pairs=16, n_frames=2, motions=("left",), counts=(2,))[1]
     kinds = {"count" if world.parse_prompt(mixed[i])["motion"] == world.parse_prompt(mixed[i + 1])["motion"]
              else "motion" for i in range(0, 32, 2)}
     assert kinds == {"count", "motion"}
+    # pairs over motions alone draw what they drew before count pairs existed, so the contrast-pair
+    # recipe's bank (seed PAIR_SEED) is still the one the shipped contrast-pair pair trained on
+    assert pair_batch(32, 0, PAIR_SEED, 2, 1, ("left", "right", "bouncing"))[1] == [
+        "A trio of tiny blue hearts glide rightward steadily in a studio",
+        "A trio of tiny blue hearts glide leftward steadily in a studio",
+        "A video of two tiny red squares jumping slowly in a meadow",
+        "A video of two tiny red squares moving in a circle slowly in a meadow"]
 
 
 def test_a_pair_shares_its_noise_draw_and_the_other_clips_keep_theirs():
