@@ -4,10 +4,10 @@ asks for one it seldom draws is told so before the run instead of after two minu
 Why motion alone: when this was written the embedded ``tiny`` followed circling and hovering in
 almost every video and straight motions and bouncing in almost none, while its colour and scene
 adherence did not depend on the words used that much. Each fine-tune since moved the per-motion
-numbers (the shipped pair's are in ``assets/MODEL_CARD.md``), so they are measured per model. The measurement is ``videomla eval
---prompt-set motions --record``: :data:`PER_MOTION` prompts per motion, their other attributes drawn
-at random (seeded) and the speed left at its default, scored by the same motion reader as every
-eval, and the per-motion mean written under ``"follows"``.
+numbers (the shipped pair's are in ``assets/MODEL_CARD.md``), so they are measured per model. The
+measurement is ``videomla eval --prompt-set motions --record``: :data:`PER_MOTION` prompts per
+motion, their other attributes drawn at random (seeded) and the speed left at its default, scored
+by the same motion reader as every eval, and the per-motion mean written under ``"follows"``.
 """
 
 from __future__ import annotations

@@ -301,15 +301,14 @@ class LatentData:
     def __init__(self, recipe: Recipe, ae: CausalVideoAE, text_encoder, seed: int, batch: int,
                  workers: int = 0, pair_motions: tuple[str, ...] = (),
                  pair_counts: tuple[int, ...] = ()) -> None:
-        paired = bool(pair_motions or pair_counts)
-        if paired and batch % 2:
-            raise ValueError(f"contrast pairs need an even batch, got {batch}")
-        self.recipe, self.ae, self.text, self.seed, self.n = recipe, ae.eval(), text_encoder, seed, batch
         stride = ae.spatial_stride if recipe.object_weight else None
         n_pix = pixel_frames(recipe.dit_clip_frames, ae.temporal_stride)  # Wan's 1 + s (f - 1)
         req = ClipRequest(recipe.frame_size, seed, batch, n_pix, stride, pair_motions, pair_counts)
+        if req.paired and batch % 2:
+            raise ValueError(f"contrast pairs need an even batch, got {batch}")
+        self.recipe, self.ae, self.text, self.seed, self.n = recipe, ae.eval(), text_encoder, seed, batch
         self.clips = ClipSource(req, workers)
-        self.pairs = batch // 2 if paired else 0  # trailing clip pairs that share one noise draw
+        self.pairs = batch // 2 if req.paired else 0  # trailing clip pairs that share one noise draw
         self._states: dict[str, torch.Tensor] = {}
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
