@@ -25,7 +25,7 @@ def test_the_bank_renders_once_and_every_step_draws_its_own_seeded_clips(tmp_pat
     ae, text = build_autoencoder("ae-tiny", seed=0).eval(), ToyTextEncoder(32, 8)
     r = replace(SMOKE, bank_batches=2)
     bank = LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
-    assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == ["b0000.pt", "b0001.pt"]
+    assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == ["b0000.pt", "b0001.pt", "bank.json"]
     assert len(bank) == 2 * RENDER_BATCH
     # the banked clips are the rendered ones (fp16), in order
     fresh = LatentData(replace(r, caption_dropout=0.0), ae, text, BANK_SEED, RENDER_BATCH)
@@ -57,6 +57,41 @@ def test_the_bank_renders_once_and_every_step_draws_its_own_seeded_clips(tmp_pat
     monkeypatch.undo()
     again = LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
     assert torch.equal(again.batch(7)[0], a[0])
+
+
+def test_a_bank_folder_refuses_a_stage_that_asks_for_other_clips(tmp_path, monkeypatch):
+    """A run started in another recipe's folder (or a bank copied between runs) would train on clips
+    rendered for other settings; the folder's record names what differs, in one line."""
+    from videomla_app.train.loop import CheckpointError
+
+    ae, text = build_autoencoder("ae-tiny", seed=0).eval(), ToyTextEncoder(32, 8)
+    r = replace(SMOKE, bank_batches=1)
+    LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    record = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    assert record["seed"] == BANK_SEED and record["frame_size"] == r.frame_size
+    # the same settings read the folder as it is, without rendering
+    monkeypatch.setattr(LatentData, "batch", lambda *_: pytest.fail("rendered again"))
+    LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    # a decoder-only change (stage 0 with a frozen encoder) keeps the latents, so the bank holds
+    with torch.no_grad():
+        next(ae.dec.parameters()).add_(1.0)
+    LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    for other, what in ((replace(r, dit_clip_frames=8), r"clip_frames 4 \(this stage: 8\)"),
+                        (replace(r, object_weight=0.0), r"object_weight 4.0 \(this stage: 0.0\)")):
+        with pytest.raises(CheckpointError, match=rf"bank holds clips rendered for other settings: {what}; "
+                                                  r"delete it or train into another --out"):
+            LatentBank(other, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    with torch.no_grad():
+        next(ae.enc.parameters()).add_(1.0)
+    with pytest.raises(CheckpointError, match=r"other settings: encoder '[0-9a-f]{16}' \(this stage"):
+        LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    # bank files from before the record are taken as they are, and recorded
+    (tmp_path / "bank" / "bank.json").unlink()
+    LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
+    assert (tmp_path / "bank" / "bank.json").exists()
+    (tmp_path / "bank" / "bank.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"bank.json is not a readable bank record .*: delete the folder"):
+        LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
 
 
 def _shipped(tmp_path):

@@ -117,7 +117,7 @@ def test_the_bank_ends_each_batch_with_captioned_pairs_from_its_own_bank(tmp_pat
     ae, text = build_autoencoder("ae-tiny", seed=0).eval(), ToyTextEncoder(32, 8)
     bank = LatentBank(PAIRED, ae, text, tmp_path / "bank", batch=4, caption_dropout=1.0, quiet=True,
                       pair_folder=tmp_path / "pairs")
-    assert [p.name for p in (tmp_path / "pairs").iterdir()] == ["b0000.pt"]
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["b0000.pt", "bank.json"]
     assert bank.pairs == 1 and len(bank.pair_x0) == RENDER_BATCH
     fresh = LatentData(replace(PAIRED, caption_dropout=0.0), ae, text, PAIR_SEED, RENDER_BATCH,
                        pair_motions=PAIRED.pair_motions)

@@ -9,10 +9,17 @@ time on data. A recipe with ``bank_batches`` renders that many batches into ``<r
 
 Each step draws its clips and its caption dropout from ``(PICK_SEED, step)`` alone, so a resumed
 stage sees the same batches as an uninterrupted one.
+
+A bank folder records what its clips were rendered for (``bank.json``: seeds, sizes, the pair
+motions and counts, the text encoder and a digest of the autoencoder's encoder) and refuses a stage
+that asks for other clips: a run started in the folder of another recipe, or a bank copied between
+runs, would otherwise train on the wrong data without a word.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +32,7 @@ BANK_SEED = 1234  # the render seed of the bank's clips (apart from the stages' 
 PAIR_SEED = 2345  # the render seed of the contrast pairs' bank
 PICK_SEED = 4321  # which banked clips a step draws
 RENDER_BATCH = 8  # clips per bank file
+RECORD = "bank.json"  # what a bank folder's clips were rendered for (:func:`bank_record`)
 
 
 class LatentBank:
@@ -94,6 +102,7 @@ def _banked(recipe, ae, text_encoder, folder: Path, n_files: int, seed: int, pai
     from .stages import LatentData
 
     folder.mkdir(parents=True, exist_ok=True)
+    _check_record(folder, bank_record(recipe, ae, text_encoder, seed, pair_motions, pair_counts))
     files = [folder / f"b{i:04d}.pt" for i in range(n_files)]
     todo = [i for i, f in enumerate(files) if not f.exists()]
     if todo:
@@ -118,6 +127,44 @@ def _banked(recipe, ae, text_encoder, folder: Path, n_files: int, seed: int, pai
     text = torch.cat([p["text"] for p in parts]).to(dev)  # [N, L, D]
     weight = None if parts[0]["w"] is None else torch.cat([p["w"] for p in parts]).to(dev)
     return x0, text, weight
+
+
+def bank_record(recipe, ae, text_encoder, seed: int, pair_motions: tuple[str, ...] = (),
+                pair_counts: tuple[int, ...] = ()) -> dict:
+    """Everything a bank file's contents depend on. The autoencoder enters by a digest of its
+    encoder and latent statistics only: a stage-0 run that trains the decoder alone
+    (``ae_frozen_encoder``) leaves the latents, and so the bank, as they were."""
+    digest = hashlib.sha256()
+    tensors = dict(ae.enc.state_dict(), latent_mean=ae.latent_mean, latent_std=ae.latent_std)
+    for name, t in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return {"seed": seed, "render_batch": RENDER_BATCH, "frame_size": recipe.frame_size,
+            "clip_frames": recipe.dit_clip_frames, "object_weight": recipe.object_weight,
+            "pair_motions": list(pair_motions), "pair_counts": list(pair_counts),
+            "text_encoder": type(text_encoder).__name__, "encoder": digest.hexdigest()[:16]}
+
+
+def _check_record(folder: Path, record: dict) -> None:
+    """Write ``folder``'s record, or refuse a folder rendered for other clips. A folder of bank
+    files from before the record existed cannot be checked: it is taken as it is."""
+    from .loop import CheckpointError
+
+    path = folder / RECORD
+    if path.exists():
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable bank record ({e}): delete the folder "
+                                  "and the next run renders it again") from None
+        if held != record:
+            diff = ", ".join(f"{k} {held.get(k)!r} (this stage: {v!r})"
+                             for k, v in record.items() if held.get(k) != v)
+            raise CheckpointError(f"{folder} holds clips rendered for other settings: {diff}; delete it "
+                                  "or train into another --out")
+        return
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _read(path: Path) -> dict:
