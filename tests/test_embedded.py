@@ -49,11 +49,12 @@ def pipes():
 @pytest.mark.parametrize("name", ["tiny", "tiny-mha"])
 def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     spec = json.loads((assets_dir() / name / "model.json").read_text())
-    # both: the H200 run's, with four CPU fine-tunes each (stage 2 and its twin stage 3), the last
-    # three with the anchored first chunk, the last two with contrast pairs (the last over counts
-    # too), sampled with real guidance: a pair that differs only in attention
-    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-counts"
-    assert spec["train"]["steps"] == {"tiny": 643, "tiny-mha": 795}[name]  # what a 25-minute budget fit
+    # both: the H200 run's, with five CPU fine-tunes each (stage 2 and its twin stage 3), the last
+    # four with the anchored first chunk, the last three with contrast pairs (the last two over counts
+    # too, the last over every moving motion), sampled with real guidance: a pair that differs only
+    # in attention
+    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-motions"
+    assert spec["train"]["steps"] == {"tiny": 553, "tiny-mha": 595}[name]  # what a 25-minute budget fit
     assert spec["sampler"]["guidance"] == 2.0 == pipes[name].preset.sampler.guidance
     pipe = pipes[name]
     # the first chunk denoised once more with its first frame held (README, "The anchored first chunk,
@@ -131,8 +132,8 @@ def test_tiny_follows_straight_motions(pipes):
 def test_tiny_moves_right_when_asked_to(pipes):
     """Until the contrast-pair fine-tune (README, "Contrast pairs for the direction word") the
     shipped `tiny` moved objects left for "... to the right" prompts more often than right. On these
-    8 videos of 4 s (two phrasings, four worlds) it read right in 5 and left in none, as it does
-    after the count pairs; the anchored pair before it 0 and 3."""
+    8 videos of 4 s (two phrasings, four worlds) it read right in 5 and left in none, after the count
+    pairs 5 and 0, after the pairs over every motion 4 and 0; the anchored pair before it 0 and 3."""
     pipe = pipes["tiny"]
     readings = []
     worlds = ("a red ball {} in a blue sky", "two green squares {} over a grassy meadow",
