@@ -54,13 +54,12 @@ class LatentBank:
                              "or pair_counts, and a pair folder")
         if 2 * self.pairs > batch:
             raise ValueError(f"{self.pairs} contrast pairs do not fit a batch of {batch}")
-        parts = _banked(recipe, ae, text_encoder, folder, recipe.bank_batches, BANK_SEED, (), workers, quiet)
+        parts = _banked(recipe, ae, text_encoder, folder, workers, quiet)
         self.x0, self.text, self.weight = parts  # [N, F, C, h, w] fp16, [N, L, D], [N, F, 1, h, w] or None
         self.pair_x0 = self.pair_text = self.pair_weight = None
         if self.pairs:
-            self.pair_x0, self.pair_text, self.pair_weight = _banked(
-                recipe, ae, text_encoder, pair_folder, recipe.pair_bank_batches, PAIR_SEED,
-                recipe.pair_motions, workers, quiet, "contrast pairs", recipe.pair_counts)
+            self.pair_x0, self.pair_text, self.pair_weight = _banked(recipe, ae, text_encoder, pair_folder,
+                                                                     workers, quiet, pairs=True)
         self.empty = text_encoder.encode([""]).to(ae.device)  # [1, L, D]
         if len(self.x0) < batch - 2 * self.pairs:
             raise ValueError(f"a bank of {len(self.x0)} clips cannot fill a batch of {batch}")
@@ -93,14 +92,18 @@ class LatentBank:
         pass
 
 
-def _banked(recipe, ae, text_encoder, folder: Path, n_files: int, seed: int, pair_motions: tuple[str, ...],
-            workers: int, quiet: bool, what: str = "clips", pair_counts: tuple[int, ...] = (),
+def _banked(recipe, ae, text_encoder, folder: Path, workers: int, quiet: bool, pairs: bool = False,
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The latents [N, F, C, h, w] fp16, token states [N, L, D] and object weights (or None) of
-    ``n_files`` bank files in ``folder``, rendering the missing ones first (resumable: one file per
-    batch of :data:`RENDER_BATCH`, written atomically)."""
+    """The latents [N, F, C, h, w] fp16, token states [N, L, D] and object weights (or None) of the
+    recipe's bank in ``folder`` (``pairs``: its contrast pairs' bank), rendering the missing files
+    first (resumable: one file per batch of :data:`RENDER_BATCH`, written atomically)."""
     from .stages import LatentData
 
+    if pairs:
+        n_files, seed, what = recipe.pair_bank_batches, PAIR_SEED, "contrast pairs"
+        pair_motions, pair_counts = recipe.pair_motions, recipe.pair_counts
+    else:
+        n_files, seed, what, pair_motions, pair_counts = recipe.bank_batches, BANK_SEED, "clips", (), ()
     folder.mkdir(parents=True, exist_ok=True)
     _check_record(folder, bank_record(recipe, ae, text_encoder, seed, pair_motions, pair_counts))
     files = [folder / f"b{i:04d}.pt" for i in range(n_files)]
