@@ -219,6 +219,7 @@ def test_train_refuses_what_would_lose_or_misuse_work(tmp_path):
     from typer.testing import CliRunner
 
     from videomla_app.cli import app
+    from videomla_app.models import assets_dir
 
     def run(*args):
         r = CliRunner().invoke(app, ["train", *args])
@@ -230,6 +231,12 @@ def test_train_refuses_what_would_lose_or_misuse_work(tmp_path):
     code, msg = run("mla", "--recipe", "smoke", "--out", str(out))
     assert code == 2 and msg == (f"error: stage mla needs {out}/ae.safetensors, which stage ae writes: run "
                                  f"'videomla train ae --recipe smoke --out {out}' first (or 'train all')")
+    # going on from given weights needs the autoencoder they were trained with, not a new one
+    start = assets_dir() / "tiny" / "model.safetensors"
+    code, msg = run("mla", "--recipe", "smoke", "--out", str(out), "--mla-from", str(start))
+    assert code == 2 and msg == (f"error: stage mla needs {out}/ae.safetensors: copy there the autoencoder {start} "
+                                 f"was trained with (for the shipped weights: mkdir -p {out} && "
+                                 f"cp {assets_dir() / 'ae.safetensors'} {out}/)"), msg
     assert CliRunner().invoke(app, ["train", "ae", "--recipe", "smoke", "--out", str(out)]).exit_code == 0
     ckpt = out / "ae.ckpt.pt"
     before = ckpt.read_bytes()

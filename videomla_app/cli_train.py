@@ -62,7 +62,7 @@ def train(
       videomla train all --recipe tiny-t4-gpu --out runs/t4 --device cuda --batch 32 --budget-minutes 8 \
           --ae-from assets/ae.safetensors --mha-from runs/tiny/mha.safetensors   # 4x temporal stride
       videomla train mla --recipe tiny-t4-cpu --out runs/cpu --mla-from assets/tiny/model.safetensors
-                                                    # more stage 2 on the CPU (assets/ae.safetensors copied to --out)
+                                                    # more stage 2 on the CPU (cp assets/ae.safetensors runs/cpu/ first)
       videomla train ship --out runs/tiny                          # copy the weights into assets/
       videomla train card --out runs/tiny --eval eval.json         # assets/MODEL_CARD.md + loss curve
       videomla train card --out gpu_out --eval gpu_out/eval.json --command "bash scripts/gpu_train.sh"
@@ -162,6 +162,16 @@ def train(
             if need == "mha" and (mla_from if stage == "mla" else twin_from) is not None:
                 continue  # stage 2 or 3 starts from --mla-from / --twin-from, not from the stage-1 weights
             if not (out_dir / f"{need}.safetensors").is_file():
+                start = mla_from if stage == "mla" else twin_from if stage == "twin" else None
+                if need == "ae" and start is not None:
+                    from .models import assets_dir
+
+                    # the weights went on from were trained on one autoencoder's latents: a new one
+                    # would not fit them, so point at that one rather than at `train ae`
+                    raise UsageError(
+                        f"stage {stage} needs {out_dir / 'ae.safetensors'}: copy there the autoencoder "
+                        f"{start} was trained with (for the shipped weights: mkdir -p {out_dir} && "
+                        f"cp {assets_dir() / 'ae.safetensors'} {out_dir}/)")
                 raise UsageError(f"stage {stage} needs {out_dir / f'{need}.safetensors'}, which stage {need} "
                                  f"writes: run 'videomla train {need}{rflag} --out {out_dir}' first (or 'train all')")
     if not resume:
