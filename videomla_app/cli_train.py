@@ -158,11 +158,11 @@ def train(
                          "(e.g. assets/ae.safetensors)")
     if stage != "all":
         rflag = "" if recipe == "tiny" else f" --recipe {recipe}"
+        start = {"mla": mla_from, "twin": twin_from}.get(stage)  # weights stage 2 or 3 goes on from
         for need in NEEDS.get(stage, ()):
-            if need == "mha" and (mla_from if stage == "mla" else twin_from) is not None:
+            if need == "mha" and start is not None:
                 continue  # stage 2 or 3 starts from --mla-from / --twin-from, not from the stage-1 weights
             if not (out_dir / f"{need}.safetensors").is_file():
-                start = mla_from if stage == "mla" else twin_from if stage == "twin" else None
                 if need == "ae" and start is not None:
                     from .models import assets_dir
 
