@@ -68,6 +68,7 @@ def train(
       videomla train card --out gpu_out --eval gpu_out/eval.json --command "bash scripts/gpu_train.sh"
     """
     from .autoencoder import CausalVideoAE
+    from .models import ModelUnavailable, assets_dir, resolve_device
     from .train.loop import CheckpointError, usable_cores
     from .train.stages import (NEEDS, RECIPES, STAGES, StartWeightsError, recipe_text_encoder, recipe_with,
                                train_ae, train_dit)
@@ -106,7 +107,6 @@ def train(
     if stage == "card":
         import json
 
-        from .models import assets_dir
         from .train.card import write_card
 
         if eval_json is not None and not eval_json.is_file():
@@ -129,7 +129,6 @@ def train(
         out.print(f"wrote {card}")
         return
     if stage == "ship":
-        from .models import assets_dir
         from .train.ship import ship
 
         try:
@@ -143,8 +142,6 @@ def train(
         out.print("the new weights carry no per-motion measurement, so prompts get no motion warning: "
                   "videomla eval --prompt-set motions --seconds 8 --record", highlight=False)
         return
-    from .models import ModelUnavailable, resolve_device
-
     try:
         dev = resolve_device(device)
     except (ValueError, ModelUnavailable) as e:  # an unknown device, or cuda without a GPU
@@ -164,8 +161,6 @@ def train(
                 continue  # stage 2 or 3 starts from --mla-from / --twin-from, not from the stage-1 weights
             if not (out_dir / f"{need}.safetensors").is_file():
                 if need == "ae" and start is not None:
-                    from .models import assets_dir
-
                     # the weights went on from were trained on one autoencoder's latents: a new one
                     # would not fit them, so point at that one rather than at `train ae`
                     raise UsageError(

@@ -236,7 +236,9 @@ RECIPES["tiny-t4-cpu-counts"] = replace(RECIPES["tiny-t4-cpu-pairs"], name="tiny
 # lost motion (-3.6 +- 1.8); `tiny` - `tiny-mha` is >= -0.2 on every metric. A step-matched control
 # with this recipe's parent gained about as much (shipped - control, pooled over the three sets:
 # motion +1.9 +- 2.1, count +0.8 +- 2.3): most of the gain is the steps' (README, "Pairs over every
-# motion").
+# motion"). The same 553 / 595 steps once more from the shipped pair (2026-12-06, not shipped) gained
+# motion on the short sets and lost it over 2 minutes (-4.0 +- 4.7; 0.89 of its first 15 s at the
+# end): more steps on 8-frame clips do not buy the long horizon (README, "More steps over every motion").
 RECIPES["tiny-t4-cpu-motions"] = replace(RECIPES["tiny-t4-cpu-counts"], name="tiny-t4-cpu-motions",
                                          pair_motions=("left", "right", "up", "down", "circling", "bouncing"))
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
