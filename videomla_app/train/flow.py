@@ -11,6 +11,8 @@ noisy half.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +22,8 @@ from ..model import CausalDiT
 from ..scheduler import FlowSampler
 
 _INPUTS: dict[tuple, AttnInputs] = {}
+# What the chunks read as clean context: (model, x0, text, gen) -> frames like x0 (flow_prediction).
+ContextFn = Callable[[CausalDiT, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def teacher_forcing_inputs(model: CausalDiT, n_frames: int, cache: CacheConfig) -> AttnInputs:
@@ -101,16 +105,18 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
                        sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
                        weight: torch.Tensor | None = None, full_context: float = 0.0,
                        frame_noise: float = 0.0, anchor_first: float = 0.0,
-                       first_chunk_weight: float = 1.0, pairs: int = 0) -> torch.Tensor:
+                       first_chunk_weight: float = 1.0, pairs: int = 0,
+                       context: ContextFn | None = None) -> torch.Tensor:
     """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]; weight: optional
     per-element loss weight broadcastable to x0 (e.g. [B, F, 1, h, w]), normalised so the loss
     stays a weighted mean; full_context / frame_noise / anchor_first: fractions of clips whose
     context is noised like the noisy chunks (:func:`full_context_timesteps`) / whose frames get a
     level each (:func:`frame_timesteps`) / whose first frame is nearly clean
     (:func:`anchored_timesteps`); first_chunk_weight: see :func:`first_chunk_weights`; pairs: the
-    batch's last ``pairs`` clip pairs share their noise (:func:`share_pairs`). Returns a scalar."""
+    batch's last ``pairs`` clip pairs share their noise (:func:`share_pairs`); context: what the
+    chunks read as context instead of ``x0`` (:func:`flow_prediction`). Returns a scalar."""
     pred, target, scored = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max,
-                                           full_context, frame_noise, anchor_first, pairs)
+                                           full_context, frame_noise, anchor_first, pairs, context)
     return weighted_mse(pred, target, frame_weight(weight, scored, cache.chunk_frames, first_chunk_weight))
 
 
@@ -145,12 +151,14 @@ def first_chunk_weights(n: int, chunk: int, factor: float) -> torch.Tensor:
 def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cache: CacheConfig,
                     sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
                     full_context: float = 0.0, frame_noise: float = 0.0,
-                    anchor_first: float = 0.0, pairs: int = 0,
+                    anchor_first: float = 0.0, pairs: int = 0, context: ContextFn | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The predicted and the true flow [B, F, C, h, w] of one teacher-forcing draw (the loss's
     inputs; the noise levels and noise are drawn from ``gen``, so a seed repeats the draw), and
     which frames are scored [B, F] (all but anchored first frames). ``pairs``: the last ``pairs``
-    clip pairs get one draw each (:func:`share_pairs`)."""
+    clip pairs get one draw each (:func:`share_pairs`). ``context(model, x0, text, gen)``: the clean
+    frames [B, F, C, h, w] the chunks read as context instead of ``x0`` (the model's own frames,
+    ``own_context.OwnContext``), called after every other draw; the targets stay ``x0``'s."""
     sampler = FlowSampler(sampler_cfg)
     B, n = x0.shape[:2]
     dev = x0.device
@@ -169,7 +177,8 @@ def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cach
         t, t_ctx, anchored, eps, eps_ctx = (share_pairs(v, pairs) for v in (t, t_ctx, anchored, eps, eps_ctx))
     per_frame = (..., None, None, None)
     x_t = sampler.add_noise(x0, eps, t[per_frame])
-    x_ctx = sampler.add_noise(x0, eps_ctx, t_ctx[per_frame])
+    seen = x0 if context is None else context(model, x0, text, gen)  # [B, F, C, h, w]
+    x_ctx = sampler.add_noise(seen, eps_ctx, t_ctx[per_frame])
     inputs = teacher_forcing_inputs(model, n, cache)
     pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
                                teacher_forcing=True)[:, n:]  # the noisy half
