@@ -51,10 +51,12 @@ def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     spec = json.loads((assets_dir() / name / "model.json").read_text())
     # both: the H200 run's, with five CPU fine-tunes each (stage 2 and its twin stage 3), the last
     # four with the anchored first chunk, the last three with contrast pairs (the last two over counts
-    # too, the last over every moving motion), sampled with real guidance: a pair that differs only
-    # in attention
-    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-motions"
-    assert spec["train"]["steps"] == {"tiny": 553, "tiny-mha": 595}[name]  # what a 25-minute budget fit
+    # too, the last over every moving motion), sampled with real guidance; then `tiny` alone 574 steps
+    # with half its clips on its own redrawn frames as context (README, "The model's own frames as
+    # context"), which its twin has not had yet
+    recipe = {"tiny": "tiny-t4-cpu-own750", "tiny-mha": "tiny-t4-cpu-motions"}[name]
+    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == recipe
+    assert spec["train"]["steps"] == {"tiny": 574, "tiny-mha": 595}[name]  # --steps; a 25-minute budget
     assert spec["sampler"]["guidance"] == 2.0 == pipes[name].preset.sampler.guidance
     pipe = pipes[name]
     # the first chunk denoised once more with its first frame held (README, "The anchored first chunk,
@@ -133,7 +135,8 @@ def test_tiny_moves_right_when_asked_to(pipes):
     """Until the contrast-pair fine-tune (README, "Contrast pairs for the direction word") the
     shipped `tiny` moved objects left for "... to the right" prompts more often than right. On these
     8 videos of 4 s (two phrasings, four worlds) it read right in 5 and left in none, after the count
-    pairs 5 and 0, after the pairs over every motion 4 and 0; the anchored pair before it 0 and 3."""
+    pairs 5 and 0, after the pairs over every motion 4 and 0, with its own frames as context 8 and 0;
+    the anchored pair before them 0 and 3."""
     pipe = pipes["tiny"]
     readings = []
     worlds = ("a red ball {} in a blue sky", "two green squares {} over a grassy meadow",

@@ -142,7 +142,8 @@ def test_the_own_context_recipe_is_the_motion_recipe_with_half_its_clips_on_own_
     own = RECIPES["tiny-t4-cpu-own"]
     assert own.own_context == 0.5 and own.own_context_start == 500.0 and own.guidance == 2.0
     assert replace(own, name="tiny-t4-cpu-motions", own_context=0.0) == RECIPES["tiny-t4-cpu-motions"]
-    assert all(r.own_context == 0.0 for name, r in RECIPES.items() if name != "tiny-t4-cpu-own")
+    assert replace(RECIPES["tiny-t4-cpu-own750"], name=own.name, own_context_start=500.0) == own
+    assert all(r.own_context == 0.0 for name, r in RECIPES.items() if not name.startswith("tiny-t4-cpu-own"))
     # the smoke recipe with own context trains a stage end to end (the stage wires it in)
     from videomla_app.autoencoder import build_autoencoder
     from videomla_app.encoders import ToyTextEncoder
