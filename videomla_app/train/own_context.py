@@ -1,10 +1,10 @@
 """The model's own frames as teacher-forcing context: a long-horizon signal from 9-frame clips.
 
 Teacher forcing shows every chunk the *true* previous frames (lightly noised), while a long video
-shows it the model's own: a little blurrier, a little slower, a colour off. Each fine-tune on true
-context made the shipped models better over 8 seconds and worse over 2 minutes (553 more steps:
+shows it the model's own: a little blurrier, a little slower, a colour off. The last fine-tune on
+true context made the shipped `tiny` better over 8 seconds and worse over 2 minutes (553 more steps:
 motion +2.7 on 8-second prompts, -4.0 over 2 minutes, dynamics sliding 98 -> 88; README, "More
-steps over every motion"), the exposure bias of a model trusting context it will never get.
+steps over every motion"): the mark of exposure bias, a model trusting context it never gets.
 
 Here a fraction of each batch's clips read, as context, each chunk redrawn by the model itself: the
 true chunk noised to ``start`` and denoised by the sampler's own Euler steps below it, with guidance,
@@ -35,11 +35,14 @@ def own_frames(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: to
     sampler step ``start`` (the first step at or below it) and taken to 0 by the sampler's steps
     below, each chunk reading the true chunks before it. text / empty: prompt and empty-prompt token
     states [B, L, D]. Returns [B, F, C, h, w] in x0's dtype."""
+    # Euler steps whatever the preset's solver: the embedded presets sample with them, and the redraw
+    # then depends on ``noise`` alone (re-noising would draw more noise at every step)
     sampler = FlowSampler(replace(preset.sampler, solver="euler"))
     steps = [t for t in sampler.timesteps if t <= start]
     if not steps:
         raise ValueError(f"own-context start {start:g} is below every sampler step {sampler.timesteps}")
-    clean = replace(preset, sampler=replace(preset.sampler, context_noise=0.0))  # context read as written
+    # guided_flow writes the true chunks into its cache clean and refuses a preset that says otherwise
+    clean = replace(preset, sampler=replace(preset.sampler, context_noise=0.0))
     x = sampler.add_noise(x0.float(), noise.float(), steps[0])  # [B, F, C, h, w]
     with torch.no_grad():
         for t, t_next in zip(steps, [*steps[1:], 0.0]):
