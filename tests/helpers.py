@@ -18,3 +18,17 @@ def tiny_pipeline(name: str = "test-mla", seed: int = 0, recache: bool = False,
     model = build_model(p.model, dtype=dtype, seed=seed)
     return StreamingPipeline(p, model, ToyTextEncoder(p.model.text_dim, p.text_len),
                              ToyVAE(p.model.latent_channels, 8), dtype=dtype, recache=recache)
+
+
+def toy_flow_clip(step: int, preset: str = "test-mla") -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable toy task for the flow loss: latents [2, 6, C, h, w] that are a per-clip constant
+    colour plus a ramp, and random token states [2, L, D]; four distinct clips, cycled by step."""
+    from videomla_app.train.loop import step_generator
+
+    p = get_preset(preset)
+    g = step_generator(123, step % 4)
+    base = torch.randn(2, 1, p.model.latent_channels, 1, 1, generator=g)
+    ramp = torch.linspace(-1, 1, p.model.latent_hw[1]).view(1, 1, 1, 1, -1)
+    x0 = (base + 0.5 * ramp).expand(2, 6, -1, *p.model.latent_hw).contiguous()
+    text = torch.randn(2, p.text_len, p.model.text_dim, generator=g)
+    return x0, text

@@ -9,10 +9,11 @@ import torch
 from videomla_app.config import get_preset
 from videomla_app.model import build_model
 from videomla_app.scheduler import FlowSampler
-from videomla_app.train.flow import flow_prediction, teacher_forcing_inputs
+from videomla_app.train.flow import flow_matching_loss, flow_prediction, teacher_forcing_inputs
 from videomla_app.train.loop import Trainer, TrainConfig, step_generator
 from videomla_app.train.own_context import OwnContext, own_frames
 from videomla_app.train.stages import RECIPES, train_dit
+from tests.helpers import toy_flow_clip
 
 P = get_preset("test-mla")  # chunks of 2 frames; sampler steps 1000 and 833 (warped)
 C = P.cache.chunk_frames
@@ -121,15 +122,10 @@ def test_training_on_own_context_lowers_the_loss(tmp_path):
     model = build_model(P.model, seed=0)
     empty = torch.zeros(1, P.text_len, P.model.text_dim)
     own = OwnContext(P, empty, fraction=0.5, start=1000.0, guidance=2.0)
-    ramp = torch.linspace(-1, 1, P.model.latent_hw[1]).view(1, 1, 1, 1, -1)
 
     def loss(m, step, gen):
-        g = step_generator(123, step % 4)
-        base = torch.randn(2, 1, P.model.latent_channels, 1, 1, generator=g)
-        x0 = (base + 0.5 * ramp).expand(2, 6, -1, *P.model.latent_hw).contiguous()
-        text = torch.randn(2, P.text_len, P.model.text_dim, generator=g)
-        pred, target, _ = flow_prediction(m, x0, text, P.cache, P.sampler, gen, context=own)
-        return torch.nn.functional.mse_loss(pred, target)
+        x0, text = toy_flow_clip(step)  # the toy task of tests/test_train.py
+        return flow_matching_loss(m, x0, text, P.cache, P.sampler, gen, context=own)
 
     cfg = TrainConfig(steps=40, batch=2, lr=3e-3, warmup=5, bf16=False, ckpt_every=1000)
     log = Trainer("own", model, cfg, tmp_path, loss).run(quiet=True)

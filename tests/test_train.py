@@ -12,18 +12,14 @@ from videomla_app.model import build_model
 from videomla_app.train.flow import chunk_timesteps, flow_matching_loss
 from videomla_app.train.loop import Trainer, TrainConfig, step_generator
 from videomla_app.scheduler import FlowSampler
+from tests.helpers import toy_flow_clip
 
 P = get_preset("test-mla")
 
 
 def _data(step, gen):
     """A learnable toy task: latents are a per-clip constant colour plus a moving ramp."""
-    g = step_generator(123, step % 4)
-    base = torch.randn(2, 1, P.model.latent_channels, 1, 1, generator=g)
-    ramp = torch.linspace(-1, 1, P.model.latent_hw[1]).view(1, 1, 1, 1, -1)
-    x0 = (base + 0.5 * ramp).expand(2, 6, -1, *P.model.latent_hw).contiguous()
-    text = torch.randn(2, P.text_len, P.model.text_dim, generator=g)
-    return x0, text
+    return toy_flow_clip(step)
 
 
 def _loss(model, step, gen):
