@@ -143,6 +143,8 @@ def test_the_own_context_recipe_is_the_motion_recipe_with_half_its_clips_on_own_
     r2, own750 = RECIPES["tiny-t4-cpu-own750-r2"], RECIPES["tiny-t4-cpu-own750"]
     assert r2.mla_train.seed == 1 != own750.mla_train.seed
     assert replace(r2, name=own750.name, mla_train=replace(r2.mla_train, seed=0)) == own750
+    # and that with every clip's context redrawn
+    assert replace(RECIPES["tiny-t4-cpu-own750-all"], name=r2.name, own_context=0.5) == r2
     assert all(r.own_context == 0.0 for name, r in RECIPES.items() if not name.startswith("tiny-t4-cpu-own"))
     # the smoke recipe with own context trains a stage end to end (the stage wires it in)
     from videomla_app.autoencoder import build_autoencoder
