@@ -53,8 +53,10 @@ def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     # four with the anchored first chunk, the last three with contrast pairs (the last two over counts
     # too, the last over every moving motion), sampled with real guidance; then 574 steps each with
     # half their clips on their own redrawn frames as context (README, "The model's own frames as
-    # context"), so the pair again differs only in attention
-    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-own750"
+    # context"), then 574 more with every clip on them (seed 1, "Every clip on its own frames"),
+    # so the pair again differs only in attention
+    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-own750-all"
+    assert spec["train"]["seed"] == 1  # the second round's draws (recipe tiny-t4-cpu-own750-r2)
     assert spec["train"]["steps"] == 574  # --steps, the step count a 25-minute budget gave the run from 500
     assert spec["sampler"]["guidance"] == 2.0 == pipes[name].preset.sampler.guidance
     pipe = pipes[name]
