@@ -23,7 +23,10 @@ def train(
                                              "anchored first chunk), tiny-t4-cpu-pairs (that, with a "
                                              "left/right contrast pair in each batch), tiny-t4-cpu-counts "
                                              "(that, with count pairs too), tiny-t4-cpu-motions (that, "
-                                             "with pairs over every moving motion) or smoke (seconds).")] = "tiny",
+                                             "with pairs over every moving motion), tiny-t4-cpu-own750 (that, "
+                                             "half the clips on the model's own redrawn frames as context), "
+                                             "tiny-t4-cpu-own750-all (every clip on them; the shipped pair's "
+                                             "last) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
