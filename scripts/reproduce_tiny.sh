@@ -71,6 +71,10 @@ stage() {  # stage dir recipe steps from
 }
 
 [ -f "$AE" ] || { echo "error: no autoencoder at $AE" >&2; exit 2; }
+if [ -n "$UNTIL" ] && ! grep -q "^$UNTIL " <<< "$ROUNDS"; then
+  echo "error: UNTIL=$UNTIL is not a round: use $(awk 'NF {printf "%s%s", s, $1; s=", "}' <<< "$ROUNDS")" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 tiny=${TINY_FROM:-$OUT/start-tiny.safetensors}
 mha=${MHA_FROM:-$OUT/start-tiny-mha.safetensors}
@@ -83,7 +87,7 @@ for pair in "tiny:$tiny" "tiny-mha:$mha"; do
 done
 
 first=""
-while read -r round recipe steps_mla steps_twin; do
+while read -r round recipe steps_mla steps_twin <&3; do  # fd 3: training must not read the list
   [ -n "$round" ] || continue
   dir=$OUT/$round
   mkdir -p "$dir"
@@ -97,7 +101,7 @@ while read -r round recipe steps_mla steps_twin; do
   bf16 "$dir"
   tiny=$dir/tiny.safetensors mha=$dir/tiny-mha.safetensors last=$dir last_recipe=$recipe
   [ "$round" != "$UNTIL" ] || break
-done <<< "$ROUNDS"
+done 3<<< "$ROUNDS"
 
 echo "done: $tiny and $mha (compare: cmp $tiny assets/tiny/model.safetensors)"
 if [ "$SHIP" = 1 ]; then

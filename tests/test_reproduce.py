@@ -40,6 +40,7 @@ def save(path, w):
     head = json.dumps({{"w": {{"dtype": "F32", "shape": [len(w)], "data_offsets": [0, len(data)]}}}}).encode()
     Path(path).write_bytes(struct.pack("<Q", len(head)) + head + data)
 
+sys.stdin.read()  # as a program that reads its input would: the script's round list must not be it
 args = sys.argv[1:]
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps(args) + "\\n")
@@ -78,7 +79,8 @@ def env(tmp_path):
 
 
 def _run(env, **extra):
-    return subprocess.run(["bash", str(SCRIPT)], env={**env, **extra}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(["bash", str(SCRIPT)], env={**env, **extra}, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
 
 
 def _calls(env):
@@ -140,9 +142,12 @@ def test_a_failed_stage_stops_the_chain_and_a_rerun_resumes_it(env):
     assert r.returncode == 0 and len(_calls(env)) == n + len(again)
 
 
-def test_until_stops_after_a_round_and_a_missing_autoencoder_is_one_line(env, tmp_path):
+def test_until_stops_after_a_round_and_bad_settings_are_one_line(env, tmp_path):
     r = _run(env, UNTIL="anchor")
     assert r.returncode == 0, r.stderr
     assert [Path(c[c.index("--out") + 1]).name for c in _calls(env)] == ["g2", "g2", "anchor", "anchor"]
+    r = _run(env, UNTIL="everything")
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "error: UNTIL=everything is not a round: use g2, anchor, pairs, counts, motions, own750, all"
     r = _run(env, AE=str(tmp_path / "nope.safetensors"))
     assert r.returncode == 2 and r.stderr.strip() == f"error: no autoencoder at {tmp_path / 'nope.safetensors'}"
