@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped `tiny` / `tiny-mha` pair, reproduced on the CPU in one command from the H200 run's pair:
 #
-#   bash scripts/reproduce_tiny.sh                  # OUT=runs/reproduce; about 8 hours on 2 cores
+#   bash scripts/reproduce_tiny.sh                  # OUT=runs/reproduce; ~10 hours on 2 cores (10,567 steps)
 #   bash scripts/reproduce_tiny.sh                  # again after Ctrl-C, a crash or a reboot: goes on
 #   SHIP=1 bash scripts/reproduce_tiny.sh           # then `videomla train ship` of the last round
 #
