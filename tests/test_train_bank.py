@@ -123,6 +123,43 @@ def _train(run, *args):
     return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
 
 
+def test_a_recipe_without_the_object_loss_shares_the_bank_and_trains_on_plain_mse(tmp_path, monkeypatch):
+    """``object_loss=False`` (recipe `tiny-t4-cpu-own750-plain`) reads the bank of a weighted round
+    without rendering it again, since the bank keeps the weight maps either way, and hands the loss
+    no weight, so every step is the plain MSE."""
+    import shutil
+
+    from videomla_app.autoencoder import CausalVideoAE
+    from videomla_app.train import stages
+
+    _, run = _shipped(tmp_path)
+    ae, text = CausalVideoAE.load(run / "ae.safetensors"), ToyTextEncoder(32, 8)
+    weighted = replace(SMOKE, bank_batches=1)
+    plain = replace(weighted, object_loss=False)
+    start = tmp_path / "start.safetensors"
+    save_file(build_model(dit_preset(weighted, "mla", ae, text).model, seed=5).state_dict(), str(start))
+    seen, real = [], stages.flow_matching_loss
+
+    def spy(*args, weight=None, **kwargs):
+        seen.append(weight)
+        return real(*args, weight=weight, **kwargs)
+
+    monkeypatch.setattr(stages, "flow_matching_loss", spy)
+    train_dit("mla", weighted, run, ae, text, quiet=True, mla_from=start)
+    assert len(seen) == weighted.mla_train.steps
+    assert all(w is not None and float(w.max()) > 1.0 for w in seen)
+    other = tmp_path / "plain"
+    other.mkdir()
+    shutil.copy(run / "ae.safetensors", other)
+    shutil.copytree(run / "bank", other / "bank")
+    monkeypatch.setattr(LatentData, "batch", lambda *_: pytest.fail("rendered again"))
+    seen.clear()
+    train_dit("mla", plain, other, ae, text, quiet=True, mla_from=start)
+    assert len(seen) == plain.mla_train.steps and all(w is None for w in seen)
+    assert RECIPES["tiny-t4-cpu-own750-plain"].object_loss is False
+    assert RECIPES["tiny-t4-cpu-own750-all"].object_loss is True
+
+
 def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path, new_file_mode):
     assets, run = _shipped(tmp_path)
     text = ToyTextEncoder(32, 8)
