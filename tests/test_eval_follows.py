@@ -6,8 +6,8 @@ import json
 import pytest
 
 from videomla_app import world
-from videomla_app.eval_follows import (FOLLOWED, PER_MOTION, follows_warning, motion_follows, motion_prompts,
-                                       record_follows)
+from videomla_app.eval_follows import (FOLLOWED, PER_MOTION, count_follows, follows_warning, motion_follows,
+                                       motion_prompts, record_follows)
 from videomla_app.runs import prompt_warnings
 
 FOLLOWS = {"motion": {"left": 0.0, "circling": 96.9, "hovering": 75.0, "bouncing": 50.0},
@@ -34,6 +34,22 @@ def test_per_motion_adherence_is_the_mean_over_each_motion_s_videos():
                                           video("a pink square in a studio", 100.0)]}  # no motion named
     assert motion_follows(result) == {"motion": {"left": 62.5, "circling": 100.0},
                                       "videos": {"left": 2, "circling": 1}, "seconds": 8.0}
+
+
+def test_per_count_numbers_say_how_many_objects_a_model_draws_for_each_count_asked():
+    """"a red ball" names one (the singular rule); a segment without objects drew 0; a prompt whose
+    count is left open ("blue stars") and segments without a count score are left out."""
+    def video(prompt, *segs):
+        return {"prompt": prompt, "segments": [{"count": c, "readings": {"count": n}} for c, n in segs]}
+
+    result = {"seconds": 8.0, "prompts": [video("a red ball drifting left in a studio", (0.0, 3), (50.0, 1)),
+                                          video("a green heart circling around on a beach", (100.0, 1)),
+                                          video("two pink squares hovering at sunset", (0.0, None)),
+                                          video("blue stars drifting left at sunset", (100.0, 3)),
+                                          video("three red balls in a studio", (None, 3))]}
+    assert count_follows(result) == {"count": {"1": 62.5, "2": 0.0}, "objects": {"1": 1.5, "2": 0.0},
+                                     "count_videos": {"1": 2, "2": 1}}
+    assert count_follows({"seconds": 1.0, "prompts": []}) == {"count": {}, "objects": {}, "count_videos": {}}
 
 
 def test_record_keeps_the_rest_of_model_json(tmp_path):
@@ -107,6 +123,9 @@ def test_eval_records_what_it_measured_where_generate_reads_it(tmp_path, monkeyp
     assert spec == {k: v for k, v in shipped.items() if k != "follows"}
     assert set(follows["motion"]) == {"left", "circling"} and follows["videos"] == {"left": 1, "circling": 1}
     assert follows["seconds"] == 1
+    assert set(follows["objects"]) == set(follows["count"]) == {"1", "2"}  # "a red ball", "two blue stars"
+    assert follows["count_videos"] == {"1": 1, "2": 1}
+    assert "objects drawn per count asked: 1: " in " ".join(r.output.split())
     assert f"recorded in {assets / 'tiny' / 'model.json'}: left" in " ".join(r.output.split())
     assert "test-mla: not an embedded model" in " ".join(r.output.split())
     assert load_pipeline("tiny").follows == follows

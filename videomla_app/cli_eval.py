@@ -170,8 +170,9 @@ def _word_use(names: list[str], clips: int, seed: int, device: str, dtype: str) 
 
 
 def _record_follows(report: dict) -> None:
-    """--record: each embedded model's per-motion adherence into its shipped model.json."""
-    from .eval_follows import motion_follows, record_follows
+    """--record: each embedded model's per-motion adherence, and the objects it draws per count
+    asked, into its shipped model.json."""
+    from .eval_follows import count_follows, motion_follows, record_follows
     from .models import assets_dir
 
     for name, result in report["results"].items():
@@ -180,7 +181,7 @@ def _record_follows(report: dict) -> None:
             err.print(f"{name}: not an embedded model (no {target}): nothing recorded", highlight=False,
                       soft_wrap=True)
             continue
-        follows = motion_follows(result)
+        follows = motion_follows(result) | count_follows(result)
         if not follows["motion"]:
             err.print(f"{name}: no motion was read (videos shorter than a reader window?): nothing recorded",
                       highlight=False, soft_wrap=True)
@@ -190,7 +191,9 @@ def _record_follows(report: dict) -> None:
         except (OSError, ValueError) as e:  # unwritable, or a model.json that is not JSON
             raise RuntimeFailure(f"cannot record into {target}: {e}") from None
         rates = ", ".join(f"{m} {r:.0f} %" for m, r in follows["motion"].items())
-        out.print(f"recorded in {target}: {rates}", highlight=False, soft_wrap=True)
+        drawn = ", ".join(f"{c}: {n:.1f}" for c, n in follows["objects"].items())
+        out.print(f"recorded in {target}: {rates}; objects drawn per count asked: {drawn or 'none read'}",
+                  highlight=False, soft_wrap=True)
 
 
 def _check_record_targets(names: list[str]) -> None:

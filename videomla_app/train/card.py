@@ -172,12 +172,26 @@ def follows_table(assets: Path, models: tuple[str, ...] = ("tiny", "tiny-mha")) 
             for name, f in measured.items()]
     first = next(iter(measured.values()))
     n = max((first.get("videos") or {}).values(), default=0)
-    return "\n".join([
+    lines = [
         "## Motions each model follows (`videomla eval --prompt-set motions --seconds 8 --record`)", "",
         f"% of reader windows that read the motion asked, over {n} prompts per motion ({first['seconds']:g} s each; "
         f"shape, colour, size, count and scene random). `generate` warns about a prompt whose motion is under "
         f"{FOLLOWED:g}.", "",
-        "| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions), *rows, ""])
+        "| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions), *rows, ""]
+    counted = {name: f for name, f in measured.items() if f.get("objects")}
+    if counted:  # recorded since 2026-12-06 night; older model.json files have motions only
+        counts = sorted({c for f in counted.values() for c in f["objects"]}, key=int)
+
+        def cell(f: dict, c: str) -> str:
+            return f"{f['objects'][c]:.1f} ({f['count'][c]:.1f} %)" if c in f["objects"] else "–"
+
+        lines += ["Objects drawn per count the prompt names (the same videos): the mean of each video's "
+                  "reading, and in brackets the % of reader windows that read the count asked. `generate` "
+                  "does not warn about counts: every prompt names one (\"a red ball\" is one).", "",
+                  "| model | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts),
+                  *[f"| `{name}` | " + " | ".join(cell(f, c) for c in counts) + " |" for name, f in counted.items()],
+                  ""]
+    return "\n".join(lines)
 
 
 def write_card(run_dir: Path, assets: Path, recipe: Recipe, eval_report: dict | None = None,
