@@ -123,10 +123,11 @@ def _train(run, *args):
     return CliRunner().invoke(app, ["train", *args, "--recipe", "smoke", "--out", str(run)])
 
 
-def test_a_recipe_without_the_object_loss_shares_the_bank_and_trains_on_plain_mse(tmp_path, monkeypatch):
-    """``object_loss=False`` (recipe `tiny-t4-cpu-own750-plain`) reads the bank of a weighted round
-    without rendering it again, since the bank keeps the weight maps either way, and hands the loss
-    no weight, so every step is the plain MSE."""
+def test_a_recipe_that_scales_the_object_weight_shares_the_bank(tmp_path, monkeypatch):
+    """``object_loss`` (recipes `tiny-t4-cpu-own750-plain`, `-obj2`) reads the bank of a weighted
+    round without rendering it again, since the bank keeps the weight maps either way, and hands
+    the loss ``1 + share * object_weight * cover``: no weight at all at 0, so the step is the plain
+    MSE."""
     import shutil
 
     from videomla_app.autoencoder import CausalVideoAE
@@ -135,7 +136,6 @@ def test_a_recipe_without_the_object_loss_shares_the_bank_and_trains_on_plain_ms
     _, run = _shipped(tmp_path)
     ae, text = CausalVideoAE.load(run / "ae.safetensors"), ToyTextEncoder(32, 8)
     weighted = replace(SMOKE, bank_batches=1)
-    plain = replace(weighted, object_loss=False)
     start = tmp_path / "start.safetensors"
     save_file(build_model(dit_preset(weighted, "mla", ae, text).model, seed=5).state_dict(), str(start))
     seen, real = [], stages.flow_matching_loss
@@ -146,18 +146,24 @@ def test_a_recipe_without_the_object_loss_shares_the_bank_and_trains_on_plain_ms
 
     monkeypatch.setattr(stages, "flow_matching_loss", spy)
     train_dit("mla", weighted, run, ae, text, quiet=True, mla_from=start)
-    assert len(seen) == weighted.mla_train.steps
-    assert all(w is not None and float(w.max()) > 1.0 for w in seen)
-    other = tmp_path / "plain"
-    other.mkdir()
-    shutil.copy(run / "ae.safetensors", other)
-    shutil.copytree(run / "bank", other / "bank")
+    full = list(seen)
+    assert len(full) == weighted.mla_train.steps and all(w is not None and float(w.max()) > 1.0 for w in full)
     monkeypatch.setattr(LatentData, "batch", lambda *_: pytest.fail("rendered again"))
-    seen.clear()
-    train_dit("mla", plain, other, ae, text, quiet=True, mla_from=start)
-    assert len(seen) == plain.mla_train.steps and all(w is None for w in seen)
-    assert RECIPES["tiny-t4-cpu-own750-plain"].object_loss is False
-    assert RECIPES["tiny-t4-cpu-own750-all"].object_loss is True
+    for share in (0.0, 0.25):
+        other = tmp_path / f"share{share}"
+        other.mkdir()
+        shutil.copy(run / "ae.safetensors", other)
+        shutil.copytree(run / "bank", other / "bank")
+        seen.clear()
+        train_dit("mla", replace(weighted, object_loss=share), other, ae, text, quiet=True, mla_from=start)
+        assert len(seen) == len(full)
+        if share == 0.0:
+            assert all(w is None for w in seen)
+        else:  # the same banked clips step by step, their object excess scaled
+            assert all(torch.allclose(w, 1.0 + share * (f - 1.0)) for w, f in zip(seen, full))
+    assert RECIPES["tiny-t4-cpu-own750-plain"].object_loss == 0.0
+    assert RECIPES["tiny-t4-cpu-own750-obj2"].object_loss == 0.25
+    assert RECIPES["tiny-t4-cpu-own750-all"].object_loss == 1.0
 
 
 def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path, new_file_mode):
