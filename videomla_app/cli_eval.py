@@ -36,7 +36,8 @@ def eval_models(
                                             "rendered clips (its flow loss with one word swapped).")] = 0,
     record: Annotated[bool, typer.Option(help="With --prompt-set motions: write each embedded model's "
                                               "per-motion adherence into its model.json, which is what "
-                                              "generate warns from.")] = False,
+                                              "generate warns from, and the objects it draws per count "
+                                              "asked (for the model card).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
 ) -> None:
