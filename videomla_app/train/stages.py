@@ -60,8 +60,8 @@ class Recipe:
     object_weight: float = 0.0  # extra DiT loss weight on latent pixels covered by objects (0: plain MSE)
     # The share of ``object_weight`` the DiT loss applies (1: all of it; 0: plain MSE). The bank stores
     # the weight maps at ``object_weight`` either way, so a recipe that scales the weight still shares
-    # the bank of the rounds before. The weight is what sets how many objects the models draw: a pixel
-    # an object covers weighs 5x, so where the object could be, the loss pays more for missing it than
+    # the bank of the rounds before. The weight is what sets how many objects the models draw: in the
+    # tiny recipes a pixel an object covers weighs 5x, so where the object could be, the loss pays more for missing it than
     # for drawing it where it is not, and the models draw extra objects. At 0 for 400 steps from the
     # shipped `tiny`, "a red ball" read 1.2 objects instead of 2.3, but every count fell by about one
     # (README, "The object weight and the count").
