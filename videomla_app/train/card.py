@@ -189,7 +189,8 @@ def follows_table(assets: Path, models: tuple[str, ...] = ("tiny", "tiny-mha")) 
                   "reading, and in brackets the % of reader windows that read the count asked. `generate` "
                   "does not warn about counts: every prompt names one (\"a red ball\" is one).", "",
                   "| model | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts),
-                  *[f"| `{name}` | " + " | ".join(cell(f, c) for c in counts) + " |" for name, f in counted.items()],
+                  *[f"| `{name}` | " + " | ".join(cell(f, c) for c in counts) + " |"
+                    for name, f in counted.items()],
                   ""]
     return "\n".join(lines)
 

@@ -61,10 +61,10 @@ class Recipe:
     # The share of ``object_weight`` the DiT loss applies (1: all of it; 0: plain MSE). The bank stores
     # the weight maps at ``object_weight`` either way, so a recipe that scales the weight still shares
     # the bank of the rounds before. The weight is what sets how many objects the models draw: in the
-    # tiny recipes a pixel an object covers weighs 5x, so where the object could be, the loss pays more for missing it than
-    # for drawing it where it is not, and the models draw extra objects. At 0 for 400 steps from the
-    # shipped `tiny`, "a red ball" read 1.2 objects instead of 2.3, but every count fell by about one
-    # (README, "The object weight and the count").
+    # tiny recipes a pixel an object covers weighs 5x, so where the object could be, the loss pays
+    # more for missing it than for drawing it where it is not, and the models draw extra objects. At 0
+    # for 400 steps from the shipped `tiny`, "a red ball" read 1.2 objects instead of 2.3, but every
+    # count fell by about one (README, "The object weight and the count").
     object_loss: float = 1.0
     caption_dropout: float = 0.0  # fraction of DiT clips trained on the empty prompt (for guidance)
     guidance: float = 1.0  # the shipped models' default guidance scale (model.json "sampler")
@@ -299,8 +299,8 @@ RECIPES["tiny-t4-cpu-own750-plain"] = replace(
 # (not shipped): objects read per named count 1.6, 1.9, 2.7, 3.6, between the two at every count;
 # count right fell on average, and colour -4.5, motion -7.1, dynamics -4.0 (README, "The object
 # weight and the count").
-RECIPES["tiny-t4-cpu-own750-obj2"] = replace(RECIPES["tiny-t4-cpu-own750-plain"], name="tiny-t4-cpu-own750-obj2",
-                                             object_loss=0.25)
+RECIPES["tiny-t4-cpu-own750-obj2"] = replace(
+    RECIPES["tiny-t4-cpu-own750-plain"], name="tiny-t4-cpu-own750-obj2", object_loss=0.25)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
