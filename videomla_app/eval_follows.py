@@ -39,17 +39,25 @@ def motion_prompts(per_motion: int = PER_MOTION, seed: int = 0) -> tuple[str, ..
     return tuple(out)
 
 
+def _per_video(result: dict, attr: str, value) -> dict:
+    """{what each prompt names for ``attr``: [per video, the mean of ``value(segment)`` over its
+    segments that have an ``attr`` score]}, in the order the videos come; prompts that leave
+    ``attr`` open and videos without a scored segment are left out."""
+    out: dict = {}
+    for video in result["prompts"]:
+        named = world.parse_prompt(video["prompt"]).get(attr)
+        segs = [s for s in video["segments"] if s.get(attr) is not None]
+        if named is not None and segs:
+            out.setdefault(named, []).append(float(np.mean([value(s) for s in segs])))
+    return out
+
+
 def motion_follows(result: dict) -> dict:
     """One model's eval result (``evaluate_model``) on motion prompts -> ``{"motion": {motion: %},
     "videos": {motion: n}, "seconds": s}``: the mean motion score over each motion's videos."""
-    scores: dict[str, list[float]] = {}
-    for video in result["prompts"]:
-        motion = world.parse_prompt(video["prompt"]).get("motion")
-        values = [s["motion"] for s in video["segments"] if s.get("motion") is not None]
-        if motion is not None and values:
-            scores.setdefault(str(motion), []).append(float(np.mean(values)))
-    return {"motion": {m: round(float(np.mean(v)), 1) for m, v in scores.items()},
-            "videos": {m: len(v) for m, v in scores.items()}, "seconds": result["seconds"]}
+    scores = _per_video(result, "motion", lambda s: s["motion"])
+    return {"motion": {str(m): round(float(np.mean(v)), 1) for m, v in scores.items()},
+            "videos": {str(m): len(v) for m, v in scores.items()}, "seconds": result["seconds"]}
 
 
 def count_follows(result: dict) -> dict:
@@ -61,16 +69,8 @@ def count_follows(result: dict) -> dict:
     Recorded, not warned about: every caption names a count ("a red ball" is one), and the shipped
     models follow none of them reliably, so a warning would greet every prompt. The numbers go in
     the model card instead, where "a red ball" drawing 2.3 objects on average is said once."""
-    scores: dict[int, list[float]] = {}
-    drawn: dict[int, list[float]] = {}
-    for video in result["prompts"]:
-        count = world.parse_prompt(video["prompt"]).get("count")
-        segs = [s for s in video["segments"] if s.get("count") is not None]
-        if count is None or not segs:
-            continue
-        scores.setdefault(int(count), []).append(float(np.mean([s["count"] for s in segs])))
-        drawn.setdefault(int(count), []).append(
-            float(np.mean([(s.get("readings") or {}).get("count") or 0 for s in segs])))
+    scores = _per_video(result, "count", lambda s: s["count"])
+    drawn = _per_video(result, "count", lambda s: (s.get("readings") or {}).get("count") or 0)
     order = sorted(scores)
     return {"count": {str(n): round(float(np.mean(scores[n])), 1) for n in order},
             "objects": {str(n): round(float(np.mean(drawn[n])), 2) for n in order},
