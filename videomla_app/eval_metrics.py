@@ -25,8 +25,8 @@ Dynamics (``dynamics``, score; ``displacement``, raw)
     A reader window *moves* when some object centroid gets at least ``MOVE_MIN`` frame widths away
     from every centroid of the window's first frame with objects (distances on the torus, as the
     world wraps). ``displacement`` = that largest distance, averaged over windows; ``dynamics`` =
-    % of windows that move. A frozen video scores 0, even the gentlest bobbing (slow hovering
-    moves ~0.03 in 2 s) scores 100. A window without objects does not move.
+    % of windows that move. A frozen video scores 0, even the gentlest bobbing (the renderer's
+    slow hovering moves ~0.05 in 2 s) scores 100. A window without objects does not move.
 Frame quality (``quality``, score; ``colour_emd`` and ``sharpness``, raw)
     The segment is compared with the renderer's ground truth of the same prompt, seed, frame range
     and size (``world.render(world.spec_from_prompt(prompt, seed), ...)``), by two statistics that
