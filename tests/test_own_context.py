@@ -155,3 +155,36 @@ def test_the_own_context_recipe_is_the_motion_recipe_with_half_its_clips_on_own_
     model, trainer = train_dit("mha", smoke, tmp_path, ae, ToyTextEncoder(32, 8), quiet=True)
     assert trainer.step == smoke.mha_train.steps and (tmp_path / "mha.safetensors").exists()
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trainer.log)
+
+
+@pytest.mark.parametrize("attn", ["mla", "mha"])
+def test_chained_own_frames_read_the_chunks_redrawn_before_them(attn):
+    """Chained, chunk k is what the unchained redraw gives it when the chunks before it are the
+    chained redraws: the model reads its own slips, as a video does. The first chunk has no context
+    and is the same either way; the later ones differ from reading the true chunks."""
+    preset = get_preset(f"test-{attn}")
+    model = build_model(preset.model, seed=6).eval()
+    x0, text, empty, noise = _clip(7)
+    chained = own_frames(model, x0, text, empty, noise, preset, guidance=2.0, start=1000.0, chain=True)
+    plain = own_frames(model, x0, text, empty, noise, preset, guidance=2.0, start=1000.0)
+    assert torch.allclose(chained[:, :C], plain[:, :C], atol=1e-5)
+    assert not torch.allclose(chained[:, C:], plain[:, C:], atol=1e-3)
+    for k in (1, 2):
+        context = torch.cat([chained[:, :k * C], x0[:, k * C:]], 1)
+        ref = own_frames(model, context, text, empty, noise, preset, guidance=2.0, start=1000.0)
+        assert torch.allclose(chained[:, k * C:(k + 1) * C], ref[:, k * C:(k + 1) * C], atol=2e-5)
+    # OwnContext passes it on: the chained recipe swaps in the chained redraws
+    own = OwnContext(preset, empty[:1], fraction=1.0, start=1000.0, guidance=2.0, chain=True)
+    g = torch.Generator().manual_seed(0)
+    picked = own(model, x0, text, g)
+    g = torch.Generator().manual_seed(0)
+    torch.rand(2, generator=g)
+    again = own_frames(model, x0, text, empty, torch.randn(x0.shape, generator=g), preset, 2.0, 1000.0, chain=True)
+    assert torch.allclose(picked, again, atol=1e-6)
+
+
+def test_the_chained_recipe_is_the_every_clip_recipe_with_chained_context():
+    base, chain = RECIPES["tiny-t4-cpu-own750-all"], RECIPES["tiny-t4-cpu-own750-chain"]
+    assert chain.own_context_chain and not base.own_context_chain
+    assert replace(chain, name=base.name, own_context_chain=False) == base
+    assert not any(r.own_context_chain for name, r in RECIPES.items() if name != chain.name)

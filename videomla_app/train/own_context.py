@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import torch
 
+from ..cache import make_cache
 from ..config import Preset
 from ..model import CausalDiT
 from ..scheduler import FlowSampler
@@ -30,11 +31,12 @@ from .guidance import guided_flow
 
 
 def own_frames(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, noise: torch.Tensor,
-               preset: Preset, guidance: float, start: float) -> torch.Tensor:
+               preset: Preset, guidance: float, start: float, chain: bool = False) -> torch.Tensor:
     """Each chunk of ``x0`` [B, F, C, h, w] as the model redraws it: noised with ``noise`` to the
     sampler step ``start`` (the first step at or below it) and taken to 0 by the sampler's steps
-    below, each chunk reading the true chunks before it. text / empty: prompt and empty-prompt token
-    states [B, L, D]. Returns [B, F, C, h, w] in x0's dtype."""
+    below, each chunk reading the true chunks before it (``chain``: the redrawn ones, see
+    :func:`_chained`). text / empty: prompt and empty-prompt token states [B, L, D]. Returns
+    [B, F, C, h, w] in x0's dtype."""
     # Euler steps whatever the preset's solver: the embedded presets sample with them, and the redraw
     # then depends on ``noise`` alone (re-noising would draw more noise at every step)
     sampler = FlowSampler(replace(preset.sampler, solver="euler"))
@@ -43,6 +45,8 @@ def own_frames(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: to
         raise ValueError(f"own-context start {start:g} is below every sampler step {sampler.timesteps}")
     # guided_flow writes the true chunks into its cache clean and refuses a preset that says otherwise
     clean = replace(preset, sampler=replace(preset.sampler, context_noise=0.0))
+    if chain:
+        return _chained(model, x0, text, empty, noise, clean, sampler, steps, guidance)
     x = sampler.add_noise(x0.float(), noise.float(), steps[0])  # [B, F, C, h, w]
     with torch.no_grad():
         for t, t_next in zip(steps, [*steps[1:], 0.0]):
@@ -52,6 +56,35 @@ def own_frames(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: to
     return x.to(x0.dtype)
 
 
+@torch.no_grad()
+def _chained(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, noise: torch.Tensor,
+             preset: Preset, sampler: FlowSampler, steps: list[float], guidance: float) -> torch.Tensor:
+    """:func:`own_frames` with each chunk reading the chunks redrawn before it, as a video reads its
+    own. Why: a slip compounds over a long video (a hovering object's bob shrinks chunk by chunk to
+    a standstill), and context redrawn from true chunks never shows a slip carried over from a
+    redraw before; here the second chunk of a clip reads one generation of slips, the third two."""
+    B, n = x0.shape[:2]
+    C = preset.cache.chunk_frames
+    dt = model.patch_embedding.weight.dtype
+    cache = make_cache(model.cfg, preset.cache, B, x0.device, dt)
+    prompt, blank = model.encode_text(text.to(dt)), model.encode_text(empty.to(dt))
+    out = []
+    for f0 in range(0, n, C):
+        step = cache.plan(f0, min(C, n - f0))
+        inputs = model.attn_inputs(step, cache)
+        part = slice(f0, f0 + step.n)
+        x = sampler.add_noise(x0[:, part].float(), noise[:, part].float(), steps[0])  # [B, c, C, h, w]
+        for t, t_next in zip(steps, [*steps[1:], 0.0]):
+            tt = torch.full((B, step.n), t, device=x0.device)  # [B, c]
+            v = model(x.to(dt), tt, prompt, cache, step, inputs).float()  # [B, c, C, h, w]
+            v_empty = model(x.to(dt), tt, blank, cache, step, inputs).float()
+            x = sampler.step(x, v_empty + guidance * (v - v_empty), t, t_next, noise=lambda: None)
+        model.write_context(x.to(dt), torch.zeros_like(tt), prompt, cache, step, inputs)
+        cache.commit(step)
+        out.append(x)
+    return torch.cat(out, 1).to(x0.dtype)
+
+
 class OwnContext:
     """Swaps a random ``fraction`` of a batch's clips for :func:`own_frames` as teacher-forcing
     context (``flow.flow_prediction``'s ``context``). Its draws come from the step's generator
@@ -59,11 +92,11 @@ class OwnContext:
     ``pairs`` contrast pairs share one draw, as their noise does (``flow.share_pairs``)."""
 
     def __init__(self, preset: Preset, empty: torch.Tensor, fraction: float, start: float, guidance: float,
-                 pairs: int = 0) -> None:
+                 pairs: int = 0, chain: bool = False) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"own-context fraction must be in (0, 1], got {fraction:g}")
         self.preset, self.empty, self.fraction = preset, empty, fraction  # empty: [1, L, D]
-        self.start, self.guidance, self.pairs = start, guidance, pairs
+        self.start, self.guidance, self.pairs, self.chain = start, guidance, pairs, chain
 
     def __call__(self, model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, gen: torch.Generator
                  ) -> torch.Tensor:
@@ -77,7 +110,7 @@ class OwnContext:
         rows = pick.nonzero()[:, 0].to(x0.device)  # [b]
         empty = self.empty.to(text).expand(len(rows), -1, -1)  # [b, L, D]
         own = own_frames(model, x0[rows], text[rows], empty, noise.to(x0)[rows], self.preset, self.guidance,
-                         self.start)
+                         self.start, self.chain)
         out = x0.clone()
         out[rows] = own
         return out
