@@ -179,7 +179,8 @@ def test_chained_own_frames_read_the_chunks_redrawn_before_them(attn):
     picked = own(model, x0, text, g)
     g = torch.Generator().manual_seed(0)
     torch.rand(2, generator=g)
-    again = own_frames(model, x0, text, empty, torch.randn(x0.shape, generator=g), preset, 2.0, 1000.0, chain=True)
+    noise = torch.randn(x0.shape, generator=g)
+    again = own_frames(model, x0, text, empty, noise, preset, 2.0, 1000.0, chain=True)
     assert torch.allclose(picked, again, atol=1e-6)
 
 

@@ -30,8 +30,9 @@ from .flow import share_pairs
 from .guidance import guided_flow
 
 
-def own_frames(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, noise: torch.Tensor,
-               preset: Preset, guidance: float, start: float, chain: bool = False) -> torch.Tensor:
+def own_frames(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor,
+               noise: torch.Tensor, preset: Preset, guidance: float, start: float, chain: bool = False,
+               ) -> torch.Tensor:
     """Each chunk of ``x0`` [B, F, C, h, w] as the model redraws it: noised with ``noise`` to the
     sampler step ``start`` (the first step at or below it) and taken to 0 by the sampler's steps
     below, each chunk reading the true chunks before it (``chain``: the redrawn ones, see

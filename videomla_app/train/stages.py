@@ -309,8 +309,8 @@ RECIPES["tiny-t4-cpu-own750-obj2"] = replace(
 # (``own_context_chain``), its seed and everything else the same, so that a round of each from the
 # same weights differs in the chain alone: the shipped `tiny` lets slow hovering objects stop within
 # seconds (16 hovering prompts x 30 s: dynamics 70 against the twin's 85).
-RECIPES["tiny-t4-cpu-own750-chain"] = replace(RECIPES["tiny-t4-cpu-own750-all"], name="tiny-t4-cpu-own750-chain",
-                                              own_context_chain=True)
+RECIPES["tiny-t4-cpu-own750-chain"] = replace(
+    RECIPES["tiny-t4-cpu-own750-all"], name="tiny-t4-cpu-own750-chain", own_context_chain=True)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
