@@ -25,15 +25,19 @@ def test_motion_prompts_ask_for_each_motion_in_turn():
 
 
 def test_per_motion_adherence_is_the_mean_over_each_motion_s_videos():
+    """Dynamics ("moving") is averaged the same way: a hovering object that stops still reads as
+    hovering, and only dynamics says it stopped."""
     def video(prompt, *scores):
-        return {"prompt": prompt, "segments": [{"motion": s} for s in scores]}
+        return {"prompt": prompt, "segments": [{"motion": s, "dynamics": d} for s, d in scores]}
 
-    result = {"seconds": 8.0, "prompts": [video("a red ball drifting left in a studio", 0.0, 50.0),
-                                          video("two blue stars drifting left at sunset", 100.0),
-                                          video("a green heart circling around on a beach", 100.0),
-                                          video("a pink square in a studio", 100.0)]}  # no motion named
-    assert motion_follows(result) == {"motion": {"left": 62.5, "circling": 100.0},
-                                      "videos": {"left": 2, "circling": 1}, "seconds": 8.0}
+    result = {"seconds": 8.0,
+              "prompts": [video("a red ball drifting left in a studio", (0.0, 100.0), (50.0, 50.0)),
+                          video("two blue stars drifting left at sunset", (100.0, 100.0)),
+                          video("a green heart hovering on a beach", (100.0, 25.0)),
+                          video("a pink square in a studio", (100.0, 0.0))]}  # no motion named
+    assert motion_follows(result) == {"motion": {"left": 62.5, "hovering": 100.0},
+                                      "moving": {"left": 87.5, "hovering": 25.0},
+                                      "videos": {"left": 2, "hovering": 1}, "seconds": 8.0}
 
 
 def test_per_count_numbers_say_how_many_objects_a_model_draws_for_each_count_asked():

@@ -180,12 +180,14 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     assert "over 8 prompts per motion (8 s each" in card
     assert "| model | left | circling |\n|---|---|---|\n| `tiny` | 3 | 69 |\n" in card and "`tiny-mha` |" not in card
     assert "Objects drawn per count" not in card  # a model.json from before counts were recorded
+    assert "Dynamics per motion" not in card  # nor dynamics
     record_follows(tmp_path / "assets" / "tiny" / "model.json",
-                   {"motion": {"left": 3.1}, "videos": {"left": 8}, "seconds": 8.0,
+                   {"motion": {"left": 3.1}, "moving": {"left": 87.5}, "videos": {"left": 8}, "seconds": 8.0,
                     "count": {"1": 27.0, "4": 50.8}, "objects": {"1": 2.31, "4": 4.12},
                     "count_videos": {"1": 13, "4": 17}})
     card = write_card(tmp_path, tmp_path / "assets", r).read_text()
     assert "| model | 1 | 4 |\n|---|---|---|\n| `tiny` | 2.3 (27.0 %) | 4.1 (50.8 %) |\n" in card
+    assert "Dynamics per motion" in card and "| model | left |\n|---|---|\n| `tiny` | 88 |\n" in card
 
 
 def test_ship_and_card_refuse_a_folder_without_a_finished_run(tmp_path, monkeypatch):

@@ -36,8 +36,9 @@ def eval_models(
                                             "rendered clips (its flow loss with one word swapped).")] = 0,
     record: Annotated[bool, typer.Option(help="With --prompt-set motions: write each embedded model's "
                                               "per-motion adherence into its model.json, which is what "
-                                              "generate warns from, and the objects it draws per count "
-                                              "asked (for the model card).")] = False,
+                                              "generate warns from, and its dynamics per motion and "
+                                              "the objects it draws per count asked (for the model "
+                                              "card).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
 ) -> None:
@@ -171,8 +172,8 @@ def _word_use(names: list[str], clips: int, seed: int, device: str, dtype: str) 
 
 
 def _record_follows(report: dict) -> None:
-    """--record: each embedded model's per-motion adherence, and the objects it draws per count
-    asked, into its shipped model.json."""
+    """--record: each embedded model's per-motion adherence and dynamics, and the objects it draws
+    per count asked, into its shipped model.json."""
     from .eval_follows import count_follows, motion_follows, record_follows
     from .models import assets_dir
 

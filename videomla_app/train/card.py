@@ -178,6 +178,16 @@ def follows_table(assets: Path, models: tuple[str, ...] = ("tiny", "tiny-mha")) 
         f"shape, colour, size, count and scene random). `generate` warns about a prompt whose motion is under "
         f"{FOLLOWED:g}.", "",
         "| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions), *rows, ""]
+    moving = {name: f for name, f in measured.items() if f.get("moving")}
+    if moving:  # recorded since 2026-12-06 night, second session
+        lines += ["Dynamics per motion (the same videos): % of reader windows in which an object moves. "
+                  "The motion reader calls an object that stays in place \"hovering\", so a hovering "
+                  "object that has stopped still follows its motion above; this says whether it still "
+                  "bobs.", "",
+                  "| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions),
+                  *[f"| `{name}` | " + " | ".join(f"{f['moving'][m]:.0f}" if m in f["moving"] else "–"
+                                                 for m in motions) + " |" for name, f in moving.items()],
+                  ""]
     counted = {name: f for name, f in measured.items() if f.get("objects")}
     if counted:  # recorded since 2026-12-06 night; older model.json files have motions only
         counts = sorted({c for f in counted.values() for c in f["objects"]}, key=int)
