@@ -6,8 +6,8 @@ import json
 import pytest
 
 from videomla_app import world
-from videomla_app.eval_follows import (FOLLOWED, PER_MOTION, count_follows, follows_warning, motion_follows,
-                                       motion_prompts, record_follows)
+from videomla_app.eval_follows import (FOLLOWED, HOVERING, PER_MOTION, count_follows, follows_warning,
+                                       hovering_prompts, motion_follows, motion_prompts, record_follows)
 from videomla_app.runs import prompt_warnings
 
 FOLLOWS = {"motion": {"left": 0.0, "circling": 96.9, "hovering": 75.0, "bouncing": 50.0},
@@ -22,6 +22,19 @@ def test_motion_prompts_ask_for_each_motion_in_turn():
         asked = world.parse_prompt(p)
         assert asked["motion"] == motions[i // PER_MOTION] and "speed" not in asked  # default speed
     assert prompts == motion_prompts() != motion_prompts(seed=1)
+
+
+def test_hovering_prompts_ask_for_hovering_at_every_speed():
+    """The hovering set: every prompt hovers, the other attributes and the speed vary, and it is not
+    the motion set's hovering prompts (another draw)."""
+    prompts = hovering_prompts()
+    assert len(prompts) == HOVERING and len(set(prompts)) == len(prompts)
+    asked = [world.parse_prompt(p) for p in prompts]
+    assert all(a["motion"] == "hovering" for a in asked)
+    assert {a.get("speed") for a in asked} >= {"slow", "fast", None}
+    assert len({a["colour"] for a in asked}) > 3 and len({a["scene"] for a in asked}) > 3
+    assert not set(prompts) & set(motion_prompts())
+    assert prompts == hovering_prompts() != hovering_prompts(seed=1)
 
 
 def test_per_motion_adherence_is_the_mean_over_each_motion_s_videos():

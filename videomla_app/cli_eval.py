@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .cli import RuntimeFailure, UsageError, app, err, friendly, out
-from .eval_follows import PER_MOTION
+from .eval_follows import HOVERING, PER_MOTION
 
 
 @app.command("eval")
@@ -19,7 +19,9 @@ def eval_models(
     seconds: Annotated[float, typer.Option(help="Video length per prompt, in seconds.")] = 120.0,
     prompt_set: Annotated[str, typer.Option("--prompt-set", help="fixed: the 8 published prompts; motions: "
                                                   f"{PER_MOTION} prompts per motion, to measure which motions "
-                                                  "a model follows.")] = "fixed",
+                                                  f"a model follows; hovering: {HOVERING} hovering prompts "
+                                                  "at random speeds (with --seed 1000: the README's), to "
+                                                  "measure whether their objects keep bobbing.")] = "fixed",
     prompts: Annotated[int | None, typer.Option(help="Use the first N prompts of the set (0: none).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
     repeats: Annotated[int, typer.Option(help="Videos per prompt, each with its own seed (seed + i + j x "
@@ -54,7 +56,7 @@ def eval_models(
       videomla eval --words 64 --prompts 0            # which caption words each model uses (minutes)
     """
     from .eval_metrics import WINDOW_S
-    from .eval_follows import motion_prompts
+    from .eval_follows import hovering_prompts, motion_prompts
     from .evaluate import PROMPTS, evaluate_models, format_table, rank_pair, write_json
     from .models import ModelUnavailable, check_timestep, get_entry, resolve_device, resolve_dtype, step_list
 
@@ -66,7 +68,7 @@ def eval_models(
             get_entry(name)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    sets = {"fixed": PROMPTS, "motions": motion_prompts()}
+    sets = {"fixed": PROMPTS, "motions": motion_prompts(), "hovering": hovering_prompts()}
     if prompt_set not in sets:
         raise UsageError(f"--prompt-set must be one of {', '.join(sets)}, got {prompt_set!r}")
     if record and prompt_set != "motions":
