@@ -138,7 +138,8 @@ def test_eval_records_what_it_measured_where_generate_reads_it(tmp_path, monkeyp
     spec = json.loads((assets / "tiny" / "model.json").read_text())
     follows = spec.pop("follows")
     assert spec == {k: v for k, v in shipped.items() if k != "follows"}
-    assert set(follows["motion"]) == {"left", "circling"} and follows["videos"] == {"left": 1, "circling": 1}
+    assert set(follows["motion"]) == set(follows["moving"]) == {"left", "circling"}
+    assert follows["videos"] == {"left": 1, "circling": 1}
     assert follows["seconds"] == 1
     assert set(follows["objects"]) == set(follows["count"]) == {"1", "2"}  # "a red ball", "two blue stars"
     assert follows["count_videos"] == {"1": 1, "2": 1}
