@@ -24,6 +24,27 @@ from ..scheduler import FlowSampler
 from .flow import anchored_timesteps, frame_weight, teacher_forcing_inputs, weighted_mse
 
 
+def rolling_chunks(model: CausalDiT, preset: Preset, batch: int, n: int, device: torch.device):
+    """The rolling-cache plan of an ``n``-frame clip, chunk by chunk, as generation makes it: yields
+    (the chunk's frame slice, step, attention inputs, cache). The caller writes the chunk's context
+    (``model.write_context``) before asking for the next chunk; the chunk is committed then."""
+    C = preset.cache.chunk_frames
+    cache = make_cache(model.cfg, preset.cache, batch, device, model.patch_embedding.weight.dtype)
+    for f0 in range(0, n, C):
+        step = cache.plan(f0, min(C, n - f0))
+        yield slice(f0, f0 + step.n), step, model.attn_inputs(step, cache), cache
+        cache.commit(step)
+
+
+def cfg_flow(model: CausalDiT, x: torch.Tensor, t: torch.Tensor, prompt, blank, cache, step, inputs,
+             guidance: float) -> torch.Tensor:
+    """``v_empty + g (v_prompt - v_empty)`` of one chunk x [B, c, C, h, w] at timesteps t [B, c], in
+    fp32; ``prompt``/``blank``: the encoded prompt and empty-prompt states (``model.encode_text``)."""
+    v = model(x, t, prompt, cache, step, inputs).float()  # [B, c, C, h, w]
+    v_empty = model(x, t, blank, cache, step, inputs).float()
+    return v_empty + guidance * (v - v_empty)
+
+
 @torch.no_grad()
 def guided_flow(teacher: CausalDiT, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 empty: torch.Tensor, preset: Preset, guidance: float) -> torch.Tensor:
@@ -33,21 +54,13 @@ def guided_flow(teacher: CausalDiT, x0: torch.Tensor, x_t: torch.Tensor, t: torc
     if preset.sampler.context_noise:
         raise ValueError("guidance distillation writes the context clean, as the embedded presets sample; "
                          f"this preset writes it at t = {preset.sampler.context_noise:g}")
-    B, n = x0.shape[:2]
-    C = preset.cache.chunk_frames
     dt = teacher.patch_embedding.weight.dtype
-    cache = make_cache(teacher.cfg, preset.cache, B, x0.device, dt)
     prompt, blank = teacher.encode_text(text.to(dt)), teacher.encode_text(empty.to(dt))
     out = []
-    for f0 in range(0, n, C):
-        step = cache.plan(f0, min(C, n - f0))
-        inputs = teacher.attn_inputs(step, cache)
-        x, tt = x_t[:, f0:f0 + step.n].to(dt), t[:, f0:f0 + step.n]
-        v = teacher(x, tt, prompt, cache, step, inputs).float()  # [B, step.n, C, h, w]
-        v_empty = teacher(x, tt, blank, cache, step, inputs).float()
-        out.append(v_empty + guidance * (v - v_empty))
-        teacher.write_context(x0[:, f0:f0 + step.n].to(dt), torch.zeros_like(tt), prompt, cache, step, inputs)
-        cache.commit(step)
+    for part, step, inputs, cache in rolling_chunks(teacher, preset, x0.shape[0], x0.shape[1], x0.device):
+        x, tt = x_t[:, part].to(dt), t[:, part]
+        out.append(cfg_flow(teacher, x, tt, prompt, blank, cache, step, inputs, guidance))  # [B, c, C, h, w]
+        teacher.write_context(x0[:, part].to(dt), torch.zeros_like(tt), prompt, cache, step, inputs)
     return torch.cat(out, 1)
 
 

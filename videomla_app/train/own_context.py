@@ -22,12 +22,11 @@ from dataclasses import replace
 
 import torch
 
-from ..cache import make_cache
 from ..config import Preset
 from ..model import CausalDiT
 from ..scheduler import FlowSampler
 from .flow import share_pairs
-from .guidance import guided_flow
+from .guidance import cfg_flow, guided_flow, rolling_chunks
 
 
 def own_frames(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor,
@@ -64,24 +63,16 @@ def _chained(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, empty: torc
     own. Why: a slip compounds over a long video (a hovering object's bob shrinks chunk by chunk to
     a standstill), and context redrawn from true chunks never shows a slip carried over from a
     redraw before; here the second chunk of a clip reads one generation of slips, the third two."""
-    B, n = x0.shape[:2]
-    C = preset.cache.chunk_frames
     dt = model.patch_embedding.weight.dtype
-    cache = make_cache(model.cfg, preset.cache, B, x0.device, dt)
     prompt, blank = model.encode_text(text.to(dt)), model.encode_text(empty.to(dt))
     out = []
-    for f0 in range(0, n, C):
-        step = cache.plan(f0, min(C, n - f0))
-        inputs = model.attn_inputs(step, cache)
-        part = slice(f0, f0 + step.n)
+    for part, step, inputs, cache in rolling_chunks(model, preset, x0.shape[0], x0.shape[1], x0.device):
         x = sampler.add_noise(x0[:, part].float(), noise[:, part].float(), steps[0])  # [B, c, C, h, w]
         for t, t_next in zip(steps, [*steps[1:], 0.0]):
-            tt = torch.full((B, step.n), t, device=x0.device)  # [B, c]
-            v = model(x.to(dt), tt, prompt, cache, step, inputs).float()  # [B, c, C, h, w]
-            v_empty = model(x.to(dt), tt, blank, cache, step, inputs).float()
-            x = sampler.step(x, v_empty + guidance * (v - v_empty), t, t_next, noise=lambda: None)
-        model.write_context(x.to(dt), torch.zeros_like(tt), prompt, cache, step, inputs)
-        cache.commit(step)
+            tt = torch.full(x.shape[:2], t, device=x0.device)  # [B, c]
+            flow = cfg_flow(model, x.to(dt), tt, prompt, blank, cache, step, inputs, guidance)
+            x = sampler.step(x, flow, t, t_next, noise=lambda: None)
+        model.write_context(x.to(dt), torch.zeros(x.shape[:2], device=x0.device), prompt, cache, step, inputs)
         out.append(x)
     return torch.cat(out, 1).to(x0.dtype)
 
