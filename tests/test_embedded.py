@@ -19,6 +19,7 @@ import torch
 from videomla_app import world
 from videomla_app.eval_metrics import evaluate_segment
 from videomla_app.models import assets_dir, load_pipeline, step_list
+from videomla_app.train.stages import RECIPES
 
 # Prompts of the evaluation set with very different scenes; each is checked on both models.
 CASES = [
@@ -54,10 +55,12 @@ def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     # too, the last over every moving motion), sampled with real guidance; then 574 steps each with
     # half their clips on their own redrawn frames as context (README, "The model's own frames as
     # context"), then 574 more with every clip on them (seed 1, "Every clip on its own frames"),
-    # so the pair again differs only in attention
-    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-own750-all"
-    assert spec["train"]["seed"] == 1  # the second round's draws (recipe tiny-t4-cpu-own750-r2)
-    assert spec["train"]["steps"] == 574  # --steps, the step count a 25-minute budget gave the run from 500
+    # then 400 more with each chunk's context redrawn from the chunks redrawn before it ("Slow
+    # hovering stops, and chained own context"), so the pair again differs only in attention
+    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-own750-chain"
+    assert RECIPES[spec["recipe"]].own_context_chain and RECIPES[spec["recipe"]].own_context == 1.0
+    assert spec["train"]["seed"] == 1  # the every-clip round's draws (recipe tiny-t4-cpu-own750-r2)
+    assert spec["train"]["steps"] == 400  # --steps, as the chained round and its control ran
     assert spec["sampler"]["guidance"] == 2.0 == pipes[name].preset.sampler.guidance
     pipe = pipes[name]
     # the first chunk denoised once more with its first frame held (README, "The anchored first chunk,
