@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The shipped `tiny` / `tiny-mha` pair, reproduced on the CPU in one command from the H200 run's pair:
 #
-#   bash scripts/reproduce_tiny.sh                  # OUT=runs/reproduce; ~10 hours on 2 cores (10,567 steps)
+#   bash scripts/reproduce_tiny.sh                  # OUT=runs/reproduce; ~11 hours on 2 cores (11,367 steps)
 #   bash scripts/reproduce_tiny.sh                  # again after Ctrl-C, a crash or a reboot: goes on
 #   SHIP=1 bash scripts/reproduce_tiny.sh           # then `videomla train ship` of the last round
 #
 # Why a script: the shipped weights are not one `train all`. The H200 run made the pair (its own
-# command is in the model card, "Reproduce"); seven CPU rounds fine-tuned both models since, each
+# command is in the model card, "Reproduce"); eight CPU rounds fine-tuned both models since, each
 # round with its own recipe, starting from the bf16 weights the round before shipped. The card has
 # each round's commands in its own section; this runs them in order, as one command.
 #
@@ -14,8 +14,8 @@
 # with the step counts the card records. Four rounds ran under `--budget-minutes`, which chose those
 # counts and re-fitted its cosine schedule as it went; this script fixes the counts with `--steps`,
 # so those rounds repeat the recipe and the steps, not the bytes. The first ran with the recipe's own
-# 987 steps and the last two with `--steps`, as here. Each round's weights go to the next as bf16 (OUT/<round>/tiny.safetensors and
-# tiny-mha.safetensors), as they shipped.
+# 987 steps and the last three with `--steps`, as here. Each round's weights go to the next as bf16
+# (OUT/<round>/tiny.safetensors and tiny-mha.safetensors), as they shipped.
 #
 # Restarting: a stage whose weights exist is skipped, a stage with a checkpoint continues with
 # `--resume` (seeded per step, so bit for bit), and a stage with neither starts. Every round reads
@@ -46,6 +46,7 @@ counts  tiny-t4-cpu-counts      643  795
 motions tiny-t4-cpu-motions     553  595
 own750  tiny-t4-cpu-own750      574  574
 all     tiny-t4-cpu-own750-all  574  574
+chain   tiny-t4-cpu-own750-chain  400  400
 "
 
 bf16() {  # dir: both stages' fp32 weights -> the bf16 files the app loads, written aside then moved

@@ -61,7 +61,8 @@ save(out / f"{{stage}}.safetensors", w + 1)
 ROUNDS = [("g2", "tiny-t4-cpu-g2", 987, 987), ("anchor", "tiny-t4-cpu-anchor", 1027, 980),
           ("pairs", "tiny-t4-cpu-pairs", 802, 902), ("counts", "tiny-t4-cpu-counts", 643, 795),
           ("motions", "tiny-t4-cpu-motions", 553, 595), ("own750", "tiny-t4-cpu-own750", 574, 574),
-          ("all", "tiny-t4-cpu-own750-all", 574, 574)]
+          ("all", "tiny-t4-cpu-own750-all", 574, 574),
+          ("chain", "tiny-t4-cpu-own750-chain", 400, 400)]
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_rounds_are_recipes_the_model_card_names():
         assert recipe in RECIPES and f"--recipe {recipe} " in card
     # the card's top line lists the CPU rounds' step counts in this order
     assert "987 steps, then 1,027 / 980" in card and "802 / 902" in card and "643 / 795" in card
-    assert "553 / 595" in card and "574 steps of each" in card and "574 more" in card
+    assert "553 / 595" in card and "574 steps of each" in card and "574 more" in card and "400 more" in card
     text = SCRIPT.read_text()
     for round_, recipe, steps_mla, steps_twin in ROUNDS:
         assert any(line.split() == [round_, recipe, str(steps_mla), str(steps_twin)] for line in text.splitlines())
@@ -115,13 +116,15 @@ def test_the_chain_runs_every_round_in_order_from_the_last_rounds_weights(env):
             assert c[c.index(f"--{s}-from") + 1] == prev[s] and "--resume" not in c
             prev[s] = str(out / name / f"{shipped}.safetensors")
         assert (out / name / "ae.safetensors").read_bytes() == b"autoencoder"
-    # each round's weights go on as bf16, as they shipped; seven rounds, +1 each
-    tiny, mha = load_file(str(out / "all" / "tiny.safetensors")), load_file(str(out / "all" / "tiny-mha.safetensors"))
-    assert tiny["w"].dtype == torch.bfloat16 and tiny["w"].tolist() == [7.0] * 4 and mha["w"].tolist() == [107.0] * 4
+    # each round's weights go on as bf16, as they shipped; eight rounds, +1 each
+    last = out / ROUNDS[-1][0]
+    tiny, mha = load_file(str(last / "tiny.safetensors")), load_file(str(last / "tiny-mha.safetensors"))
+    assert tiny["w"].dtype == torch.bfloat16 and tiny["w"].tolist() == [8.0] * 4
+    assert mha["w"].tolist() == [108.0] * 4
     # one bank, rendered in the first round's folder and hard-linked into the others
     first = out / "g2" / "bank" / "batch0.safetensors"
-    assert (out / "all" / "bank" / "batch0.safetensors").stat().st_ino == first.stat().st_ino
-    assert calls[-1][:2] == ["train", "ship"] and calls[-1][calls[-1].index("--out") + 1] == str(out / "all")
+    assert (last / "bank" / "batch0.safetensors").stat().st_ino == first.stat().st_ino
+    assert calls[-1][:2] == ["train", "ship"] and calls[-1][calls[-1].index("--out") + 1] == str(last)
 
 
 def test_a_failed_stage_stops_the_chain_and_a_rerun_resumes_it(env):
@@ -136,8 +139,8 @@ def test_a_failed_stage_stops_the_chain_and_a_rerun_resumes_it(env):
     # finished stages are skipped; the interrupted one continues from its checkpoint
     assert again[0][1] == "twin" and Path(again[0][again[0].index("--out") + 1]).name == "pairs"
     assert "--resume" in again[0] and all("--resume" not in c for c in again[1:])
-    assert len(again) == 2 * 4 + 1 and "g2: mla done" in r.stdout
-    assert load_file(str(out / "all" / "tiny.safetensors"))["w"].tolist() == [7.0] * 4
+    assert len(again) == 2 * 5 + 1 and "g2: mla done" in r.stdout  # pairs' twin, then five rounds
+    assert load_file(str(out / "chain" / "tiny.safetensors"))["w"].tolist() == [8.0] * 4
     r = _run(env)  # everything done: nothing trains again
     assert r.returncode == 0 and len(_calls(env)) == n + len(again)
 
@@ -148,6 +151,6 @@ def test_until_stops_after_a_round_and_bad_settings_are_one_line(env, tmp_path):
     assert [Path(c[c.index("--out") + 1]).name for c in _calls(env)] == ["g2", "g2", "anchor", "anchor"]
     r = _run(env, UNTIL="everything")
     assert r.returncode == 2 and r.stderr.strip() == \
-        "error: UNTIL=everything is not a round: use g2, anchor, pairs, counts, motions, own750, all"
+        "error: UNTIL=everything is not a round: use g2, anchor, pairs, counts, motions, own750, all, chain"
     r = _run(env, AE=str(tmp_path / "nope.safetensors"))
     assert r.returncode == 2 and r.stderr.strip() == f"error: no autoencoder at {tmp_path / 'nope.safetensors'}"
