@@ -190,6 +190,24 @@ def test_smoke_recipe_runs_all_stages(tmp_path):
     assert "Dynamics per motion" in card and "| model | left |\n|---|---|\n| `tiny` | 88 |\n" in card
 
 
+def test_shipped_window_is_what_the_clips_trained_unless_the_recipe_keeps_its_own():
+    from dataclasses import replace
+
+    from videomla_app.train.ship import _trained_cache
+    from videomla_app.train.stages import RECIPES
+
+    nine = RECIPES["tiny-t4-cpu-own750-chain"]
+    # a 9-frame clip shows its last chunk sink 1 + window 5 (chunk 3); the preset keeps 6
+    assert _trained_cache(nine, nine.mla_preset) == {"cache": {"window_frames": 5}}
+    # 12 frames show 8, more than the preset's 6: model.json leaves the preset's window
+    assert _trained_cache(replace(nine, dit_clip_frames=12), nine.mla_preset) == {}
+    # the 12-frame round from 9-frame weights keeps their 5
+    twelve = RECIPES["tiny-t4-cpu-own750-chain12"]
+    assert twelve.dit_clip_frames == 12 and twelve.own_context_chain
+    assert _trained_cache(twelve, twelve.mla_preset) == _trained_cache(twelve, twelve.mha_preset) \
+        == {"cache": {"window_frames": 5}}
+
+
 def test_ship_and_card_refuse_a_folder_without_a_finished_run(tmp_path, monkeypatch):
     """A run with only its autoencoder (stopped early, or the wrong --out) ships nothing: the shipped
     set stays whole (both DiTs were trained on its autoencoder's latents), and no empty card is

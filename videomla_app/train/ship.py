@@ -115,9 +115,10 @@ def _trained_cache(recipe: Recipe, preset: str) -> dict:
     most ``dit_clip_frames - sink - chunk`` window frames (5 for the tiny recipes, whose presets keep 6),
     so a 6th window frame puts keys at a distance no step trained. On 8 prompts x 60 s the shipped
     `tiny` drifted with 6 (colour EMD to the rendered frames 6.0 -> 9.5) and held with 5
-    (5.8 -> 8.0; quality +3.4 +- 2.0, paired); with 8 it fell apart (README, "Drift and the window")."""
+    (5.8 -> 8.0; quality +3.4 +- 2.0, paired); with 8 it fell apart (README, "Drift and the window").
+    A recipe's own ``window_frames`` overrides the clips' window."""
     cache = get_preset(preset).cache
-    trained = recipe.dit_clip_frames - cache.sink_frames - cache.chunk_frames
+    trained = recipe.window_frames or recipe.dit_clip_frames - cache.sink_frames - cache.chunk_frames
     return {"cache": {"window_frames": trained}} if 0 <= trained < cache.window_frames else {}
 
 

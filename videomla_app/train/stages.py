@@ -51,6 +51,10 @@ class Recipe:
     mla_train: TrainConfig
     ae_clip_frames: int = 6  # pixel frames per autoencoder training clip (1 + s k with a temporal stride s)
     dit_clip_frames: int = 12  # latent frames per training clip (a multiple of the chunk)
+    # The window model.json asks for (0: what a clip shows its last chunk, ``ship._trained_cache``). A
+    # round on longer clips from weights trained on shorter ones keeps their window: a few hundred steps
+    # train the farther keys only in a clip's last chunk.
+    window_frames: int = 0
     # Stage 0 trains only the decoder of an autoencoder started from another one (``train ae
     # --ae-from``, e.g. the stride-1 autoencoder restrided to 4): the latent space stays that
     # autoencoder's, so the DiT weights trained on it (``--mha-from``) still fit.
@@ -318,6 +322,11 @@ RECIPES["tiny-t4-cpu-own750-obj2"] = replace(
 # shipped) left hovering where it was (+0.1 +- 1.1) (README, "Slow hovering stops").
 RECIPES["tiny-t4-cpu-own750-chain"] = replace(
     RECIPES["tiny-t4-cpu-own750-all"], name="tiny-t4-cpu-own750-chain", own_context_chain=True)
+# The chained round on 12-frame clips (four chunks instead of three), so the last chunk of a clip reads
+# three generations of its own slips instead of two, and a window of 6 frames instead of 5: more steps of
+# the chain two chunks deep left the hovering gap where it was (README, "Slow hovering stops").
+RECIPES["tiny-t4-cpu-own750-chain12"] = replace(
+    RECIPES["tiny-t4-cpu-own750-chain"], name="tiny-t4-cpu-own750-chain12", dit_clip_frames=12, window_frames=5)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
