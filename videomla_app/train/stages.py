@@ -326,7 +326,8 @@ RECIPES["tiny-t4-cpu-own750-chain"] = replace(
 # three generations of its own slips instead of two, and a window of 6 frames instead of 5: more steps of
 # the chain two chunks deep left the hovering gap where it was (README, "Slow hovering stops").
 RECIPES["tiny-t4-cpu-own750-chain12"] = replace(
-    RECIPES["tiny-t4-cpu-own750-chain"], name="tiny-t4-cpu-own750-chain12", dit_clip_frames=12, window_frames=5)
+    RECIPES["tiny-t4-cpu-own750-chain"], name="tiny-t4-cpu-own750-chain12", dit_clip_frames=12,
+    window_frames=5)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
