@@ -188,4 +188,7 @@ def test_the_chained_recipe_is_the_every_clip_recipe_with_chained_context():
     base, chain = RECIPES["tiny-t4-cpu-own750-all"], RECIPES["tiny-t4-cpu-own750-chain"]
     assert chain.own_context_chain and not base.own_context_chain
     assert replace(chain, name=base.name, own_context_chain=False) == base
-    assert not any(r.own_context_chain for name, r in RECIPES.items() if name != chain.name)
+    # the only other chained recipe is the same round on 12-frame clips, keeping the 9-frame window
+    assert {name for name, r in RECIPES.items() if r.own_context_chain} == {chain.name, "tiny-t4-cpu-own750-chain12"}
+    longer = RECIPES["tiny-t4-cpu-own750-chain12"]
+    assert replace(longer, name=chain.name, dit_clip_frames=9, window_frames=0) == chain
