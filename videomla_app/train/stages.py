@@ -323,7 +323,7 @@ RECIPES["tiny-t4-cpu-own750-obj2"] = replace(
 RECIPES["tiny-t4-cpu-own750-chain"] = replace(
     RECIPES["tiny-t4-cpu-own750-all"], name="tiny-t4-cpu-own750-chain", own_context_chain=True)
 # The chained round on 12-frame clips (four chunks instead of three), so the last chunk of a clip reads
-# three generations of its own slips instead of two, and a window of 6 frames instead of 5: more steps of
+# three generations of its own slips instead of two (and keys 6 frames back; model.json keeps 5): more steps of
 # the chain two chunks deep left the hovering gap where it was (README, "Slow hovering stops"). Its own
 # bank (4.9 s per step, 1.4x the 9-frame round's). 400 steps each from the shipped pair (2026-12-06
 # night, a candidate): `tiny` gains hovering dynamics (+6.3 +- 3.7 over 32 videos), count on the motion
