@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The shipped `tiny` / `tiny-mha` pair, reproduced on the CPU in one command from the H200 run's pair:
 #
-#   bash scripts/reproduce_tiny.sh                  # OUT=runs/reproduce; ~11 hours on 2 cores (11,367 steps)
+#   bash scripts/reproduce_tiny.sh                  # OUT=runs/reproduce; ~12.5 hours on 2 cores (12,167 steps)
 #   bash scripts/reproduce_tiny.sh                  # again after Ctrl-C, a crash or a reboot: goes on
 #   SHIP=1 bash scripts/reproduce_tiny.sh           # then `videomla train ship` of the last round
 #
 # Why a script: the shipped weights are not one `train all`. The H200 run made the pair (its own
-# command is in the model card, "Reproduce"); eight CPU rounds fine-tuned both models since, each
+# command is in the model card, "Reproduce"); nine CPU rounds fine-tuned both models since, each
 # round with its own recipe, starting from the bf16 weights the round before shipped. The card has
 # each round's commands in its own section; this runs them in order, as one command.
 #
@@ -14,13 +14,16 @@
 # with the step counts the card records. Four rounds ran under `--budget-minutes`, which chose those
 # counts and re-fitted its cosine schedule as it went; this script fixes the counts with `--steps`,
 # so those rounds repeat the recipe and the steps, not the bytes. The first ran with the recipe's own
-# 987 steps and the last three with `--steps`, as here. Each round's weights go to the next as bf16
+# 987 steps and the last four with `--steps`, as here. Each round's weights go to the next as bf16
 # (OUT/<round>/tiny.safetensors and tiny-mha.safetensors), as they shipped.
 #
 # Restarting: a stage whose weights exist is skipped, a stage with a checkpoint continues with
-# `--resume` (seeded per step, so bit for bit), and a stage with neither starts. Every round reads
-# the same bank of 1,520 clips, rendered once in the first round's folder and hard-linked into the
-# others (a stage checks that a bank was rendered for its clips); each round renders its own pairs.
+# `--resume` (seeded per step, so bit for bit), and a stage with neither starts. Rounds whose recipes
+# render the same clips (size, frames, object weight, count) read one bank of 1,520 clips, rendered in
+# the first such round's folder and hard-linked into the others: every round but the last shares the
+# first's 9-frame bank, and the last (12-frame clips) renders its own (a stage checks that a bank was
+# rendered for its clips, so a shared one of other clips would stop it). Each round renders its own
+# pairs.
 #
 # Knobs (environment): OUT (runs/reproduce), START (b6b1651: the commit whose assets/ hold the H200
 # pair), TINY_FROM / MHA_FROM (start weights instead of START's), AE (assets/ae.safetensors, the
@@ -47,6 +50,7 @@ motions tiny-t4-cpu-motions     553  595
 own750  tiny-t4-cpu-own750      574  574
 all     tiny-t4-cpu-own750-all  574  574
 chain   tiny-t4-cpu-own750-chain  400  400
+chain12 tiny-t4-cpu-own750-chain12  400  400
 "
 
 bf16() {  # dir: both stages' fp32 weights -> the bf16 files the app loads, written aside then moved
@@ -87,16 +91,25 @@ for pair in "tiny:$tiny" "tiny-mha:$mha"; do
   fi
 done
 
-first=""
+# each recipe's bank: what its clips are rendered from (one Python start for the whole list)
+banks=$("$PYTHON" -c 'import sys; from videomla_app.train.stages import RECIPES
+for name in sys.argv[1:]:
+    r = RECIPES[name]
+    print(name, f"{r.frame_size}px-{r.dit_clip_frames}f-w{r.object_weight}-{r.bank_batches}b")' \
+  $(awk 'NF {print $2}' <<< "$ROUNDS"))
+declare -A bank_dir  # bank key -> the first round's folder with that bank
+
 while read -r round recipe steps_mla steps_twin <&3; do  # fd 3: training must not read the list
   [ -n "$round" ] || continue
   dir=$OUT/$round
   mkdir -p "$dir"
   [ -f "$dir/ae.safetensors" ] || cp "$AE" "$dir/ae.safetensors"
-  if [ -n "$first" ] && [ -d "$first/bank" ] && [ ! -e "$dir/bank" ]; then
-    cp -al "$first/bank" "$dir/bank"
+  key=$(awk -v r="$recipe" '$1 == r {print $2}' <<< "$banks")
+  src=${bank_dir[$key]:-}
+  if [ -n "$src" ] && [ -d "$src/bank" ] && [ ! -e "$dir/bank" ]; then
+    cp -al "$src/bank" "$dir/bank"
   fi
-  first=${first:-$dir}
+  bank_dir[$key]=${src:-$dir}
   stage mla "$dir" "$recipe" "$steps_mla" "$tiny"
   stage twin "$dir" "$recipe" "$steps_twin" "$mha"
   bf16 "$dir"

@@ -56,11 +56,13 @@ def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     # half their clips on their own redrawn frames as context (README, "The model's own frames as
     # context"), then 574 more with every clip on them (seed 1, "Every clip on its own frames"),
     # then 400 more with each chunk's context redrawn from the chunks redrawn before it ("Slow
-    # hovering stops, and chained own context"), so the pair again differs only in attention
-    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-own750-chain"
-    assert RECIPES[spec["recipe"]].own_context_chain and RECIPES[spec["recipe"]].own_context == 1.0
+    # hovering stops, and chained own context"), then 400 more of that on 12-frame clips, four
+    # chunks deep ("Four chunks a clip"), so the pair again differs only in attention
+    assert spec["text_encoder"] == "all-MiniLM-L6-v2" and spec["recipe"] == "tiny-t4-cpu-own750-chain12"
+    recipe = RECIPES[spec["recipe"]]
+    assert recipe.own_context_chain and recipe.own_context == 1.0 and recipe.dit_clip_frames == 12
     assert spec["train"]["seed"] == 1  # the every-clip round's draws (recipe tiny-t4-cpu-own750-r2)
-    assert spec["train"]["steps"] == 400  # --steps, as the chained round and its control ran
+    assert spec["train"]["steps"] == 400  # --steps, as both chained rounds ran
     assert spec["sampler"]["guidance"] == 2.0 == pipes[name].preset.sampler.guidance
     pipe = pipes[name]
     # the first chunk denoised once more with its first frame held (README, "The anchored first chunk,
@@ -76,7 +78,8 @@ def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     total = sum(p.stat().st_size for p in assets_dir().rglob("*.safetensors"))
     assert total <= 30 * 2**20  # every shipped weight together
     # the window a 9-frame training clip shows its last chunk (sink 1 + 5 + chunk 3): with the presets'
-    # 6 the MLA model drifted after 15 s (README, "Drift and the window")
+    # 6 the MLA model drifted after 15 s (README, "Drift and the window"); the 12-frame round keeps it
+    # (its recipe's window_frames), as the rounds before trained it
     assert spec["cache"] == {"window_frames": 5} and pipe.preset.cache.window_frames == 5
     cache = {n: sum(t.nbytes for t in p.new_state(0).cache.tensors.values()) for n, p in pipes.items()}
     assert cache["tiny-mha"] >= 6 * cache["tiny"]  # the MLA cache is >= 6x smaller at the same window
@@ -119,7 +122,8 @@ def test_default_model_paints_objects_in_the_prompted_colour(pipes):
 def test_tiny_follows_straight_motions(pipes):
     """Since the anchored fine-tune the shipped `tiny` knows which way "left", "rising" and "falling"
     go (56 motion prompts x 8 s: 56, 50 and 84 %). Here 3-second videos, seeds 0 and 1: it read the
-    asked direction in 5 of 6 (the pair before it: 0 of 6, reading right, up or circling instead).
+    asked direction in 5 of 6, the chained pair and the four-chunk pair in 6 (the pair before the
+    anchored one: 0 of 6, reading right, up or circling instead).
     Four, not five: bf16 on another CPU may round a borderline video the other way."""
     pipe = pipes["tiny"]
     hits = []
@@ -139,8 +143,9 @@ def test_tiny_moves_right_when_asked_to(pipes):
     """Until the contrast-pair fine-tune (README, "Contrast pairs for the direction word") the
     shipped `tiny` moved objects left for "... to the right" prompts more often than right. On these
     8 videos of 4 s (two phrasings, four worlds) it read right in 5 and left in none, after the count
-    pairs 5 and 0, after the pairs over every motion 4 and 0, with its own frames as context 8 and 0;
-    the anchored pair before them 0 and 3."""
+    pairs 5 and 0, after the pairs over every motion 4 and 0, with its own frames as context 8 and 0
+    (and so after each round since, the four-chunk pair included); the anchored pair before them 0
+    and 3."""
     pipe = pipes["tiny"]
     readings = []
     worlds = ("a red ball {} in a blue sky", "two green squares {} over a grassy meadow",

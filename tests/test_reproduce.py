@@ -1,4 +1,4 @@
-"""`scripts/reproduce_tiny.sh`: the seven CPU rounds from the H200 pair to the shipped pair, in order,
+"""`scripts/reproduce_tiny.sh`: the nine CPU rounds from the H200 pair to the shipped pair, in order,
 each round starting from the bf16 weights the round before made, and restartable after a failure.
 
 A stand-in `videomla` takes the place of training (the real rounds take hours): its `train mla|twin`
@@ -62,7 +62,7 @@ ROUNDS = [("g2", "tiny-t4-cpu-g2", 987, 987), ("anchor", "tiny-t4-cpu-anchor", 1
           ("pairs", "tiny-t4-cpu-pairs", 802, 902), ("counts", "tiny-t4-cpu-counts", 643, 795),
           ("motions", "tiny-t4-cpu-motions", 553, 595), ("own750", "tiny-t4-cpu-own750", 574, 574),
           ("all", "tiny-t4-cpu-own750-all", 574, 574),
-          ("chain", "tiny-t4-cpu-own750-chain", 400, 400)]
+          ("chain", "tiny-t4-cpu-own750-chain", 400, 400), ("chain12", "tiny-t4-cpu-own750-chain12", 400, 400)]
 
 
 @pytest.fixture
@@ -95,7 +95,8 @@ def test_rounds_are_recipes_the_model_card_names():
     # the card's top line lists the CPU rounds' step counts in this order
     assert "987 steps, then 1,027 / 980" in card and "802 / 902" in card and "643 / 795" in card
     assert "553 / 595" in card and "574 steps of each" in card and "574 more" in card
-    assert "400 more" in card
+    top = card.split("\n\n")[1]  # the paragraph under the title
+    assert top.count("400 more") == 2 and "of that on clips of four chunks" in top
     text = SCRIPT.read_text()
     for round_, recipe, steps_mla, steps_twin in ROUNDS:
         assert any(line.split() == [round_, recipe, str(steps_mla), str(steps_twin)] for line in text.splitlines())
@@ -117,14 +118,20 @@ def test_the_chain_runs_every_round_in_order_from_the_last_rounds_weights(env):
             assert c[c.index(f"--{s}-from") + 1] == prev[s] and "--resume" not in c
             prev[s] = str(out / name / f"{shipped}.safetensors")
         assert (out / name / "ae.safetensors").read_bytes() == b"autoencoder"
-    # each round's weights go on as bf16, as they shipped; eight rounds, +1 each
+    # each round's weights go on as bf16, as they shipped; nine rounds, +1 each
     last = out / ROUNDS[-1][0]
     tiny, mha = load_file(str(last / "tiny.safetensors")), load_file(str(last / "tiny-mha.safetensors"))
-    assert tiny["w"].dtype == torch.bfloat16 and tiny["w"].tolist() == [8.0] * 4
-    assert mha["w"].tolist() == [108.0] * 4
-    # one bank, rendered in the first round's folder and hard-linked into the others
-    first = out / "g2" / "bank" / "batch0.safetensors"
-    assert (last / "bank" / "batch0.safetensors").stat().st_ino == first.stat().st_ino
+    assert tiny["w"].dtype == torch.bfloat16 and tiny["w"].tolist() == [9.0] * 4
+    assert mha["w"].tolist() == [109.0] * 4
+    # one bank per kind of clip: the 9-frame one rendered in the first round's folder and hard-linked
+    # into the other 9-frame rounds; the 12-frame round renders its own (a linked 9-frame bank would
+    # be refused by its stages)
+    frames = {name: RECIPES[recipe].dit_clip_frames for name, recipe, *_ in ROUNDS}
+    assert sorted(set(frames.values())) == [9, 12] and frames["chain12"] == 12
+    first = (out / "g2" / "bank" / "batch0.safetensors").stat().st_ino
+    for name, *_ in ROUNDS:
+        linked = (out / name / "bank" / "batch0.safetensors").stat().st_ino == first
+        assert linked == (frames[name] == 9), name
     assert calls[-1][:2] == ["train", "ship"] and calls[-1][calls[-1].index("--out") + 1] == str(last)
 
 
@@ -153,6 +160,7 @@ def test_until_stops_after_a_round_and_bad_settings_are_one_line(env, tmp_path):
     assert [Path(c[c.index("--out") + 1]).name for c in _calls(env)] == ["g2", "g2", "anchor", "anchor"]
     r = _run(env, UNTIL="everything")
     assert r.returncode == 2 and r.stderr.strip() == \
-        "error: UNTIL=everything is not a round: use g2, anchor, pairs, counts, motions, own750, all, chain"
+        ("error: UNTIL=everything is not a round: use g2, anchor, pairs, counts, motions, own750, all, chain, "
+                               "chain12")
     r = _run(env, AE=str(tmp_path / "nope.safetensors"))
     assert r.returncode == 2 and r.stderr.strip() == f"error: no autoencoder at {tmp_path / 'nope.safetensors'}"

@@ -27,8 +27,9 @@ def train(
                                              "half the clips on the model's own redrawn frames as context), "
                                              "tiny-t4-cpu-own750-all (every clip on them), "
                                              "tiny-t4-cpu-own750-chain (that, each chunk's context redrawn "
-                                             "from the chunks redrawn before it; the shipped pair's last) "
-                                             "or smoke (seconds).")] = "tiny",
+                                             "from the chunks redrawn before it), "
+                                             "tiny-t4-cpu-own750-chain12 (that, on 12-frame clips; the "
+                                             "shipped pair's last) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,

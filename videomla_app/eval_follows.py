@@ -39,7 +39,8 @@ def motion_prompts(per_motion: int = PER_MOTION, seed: int = 0) -> tuple[str, ..
     return tuple(out)
 
 
-# videos of the hovering set, 30 s each: tiny - twin dynamics -10.0 before the chained pair, -3.6 with it
+# videos of the hovering set, 30 s each: tiny - twin dynamics -10.0 before the chained pair, -3.6 with it,
+# +6.0 with the four-chunk pair (32 videos, two seed sets)
 HOVERING = 16
 HOVERING_SEED = 1000  # its draw; the motion set draws from 0
 

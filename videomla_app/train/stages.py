@@ -311,23 +311,24 @@ RECIPES["tiny-t4-cpu-own750-obj2"] = replace(
     RECIPES["tiny-t4-cpu-own750-plain"], name="tiny-t4-cpu-own750-obj2", object_loss=0.25)
 # The every-clip round with each chunk's context redrawn from the chunks redrawn before it
 # (``own_context_chain``), its seed and everything else the same, so that a round of each from the
-# same weights differs in the chain alone: the every-clip `tiny` lets slow hovering objects stop within
-# seconds (16 hovering prompts x 30 s: dynamics 70 against the twin's 85). 400 steps from the
-# every-clip `tiny` (2026-12-06 night), against the every-clip recipe's 400: hovering dynamics
-# +5.4 +- 2.3 and +5.4 +- 2.2 on two seed sets, count -7.1 +- 2.7 on the motion prompts, the rest
-# within errors. Shipped as the pair that night with its twin stage (400 steps from the every-clip
-# `tiny-mha`): over 32 two-minute videos `tiny` follows motion in 83.8 % of segments at 1.00 of its
-# first 15 s (0.93 before), dynamics 98.0 (95.5); the hovering gap to its twin narrows from
-# -10.0 +- 3.7 to -3.6 +- 2.5 (32 videos). A second round of it from that `tiny` (400 steps, not
-# shipped) left hovering where it was (+0.1 +- 1.1) (README, "Slow hovering stops").
+# same weights differs in the chain alone: the every-clip `tiny` lets slow hovering objects stop
+# within seconds (16 hovering prompts x 30 s: dynamics 70 against the twin's 85). 400 steps from the
+# every-clip `tiny` (2026-12-06 night), against the every-clip recipe's 400: hovering dynamics +5.4
+# +- 2.3 and +5.4 +- 2.2 on two seed sets, count -7.1 +- 2.7 on the motion prompts, the rest within
+# errors. Shipped as the pair that night (until the 12-frame round below) with its twin stage (400
+# steps from the every-clip `tiny-mha`): over 32 two-minute videos `tiny` follows motion in 83.8 %
+# of segments at 1.00 of its first 15 s (0.93 before), dynamics 98.0 (95.5); the hovering gap to its
+# twin narrows from -10.0 +- 3.7 to -3.6 +- 2.5 (32 videos). A second round of it from that `tiny`
+# (400 steps, not shipped) left hovering where it was (+0.1 +- 1.1) (README, "Slow hovering stops").
 RECIPES["tiny-t4-cpu-own750-chain"] = replace(
     RECIPES["tiny-t4-cpu-own750-all"], name="tiny-t4-cpu-own750-chain", own_context_chain=True)
-# The chained round on 12-frame clips (four chunks instead of three), so the last chunk of a clip reads
-# three generations of its own slips instead of two (and keys 6 frames back; model.json keeps 5): more steps of
-# the chain two chunks deep left the hovering gap where it was (README, "Slow hovering stops"). Its own
-# bank (4.9 s per step, 1.4x the 9-frame round's). 400 steps each from the shipped pair (2026-12-06
-# night, a candidate): `tiny` gains hovering dynamics (+6.3 +- 3.7 over 32 videos), count on the motion
-# prompts (+10.3 +- 4.4), and motion over 2 minutes (README, "Four chunks a clip").
+# The chained round on 12-frame clips (four chunks instead of three), so the last chunk of a clip
+# reads three generations of its own slips instead of two (and keys 6 frames back; model.json keeps
+# 5): more steps of the chain two chunks deep left the hovering gap where it was (README, "Slow
+# hovering stops"). Its own bank (4.9 s per step, 1.4x the 9-frame round's). 400 steps each from the
+# chained pair (2026-12-06 night), shipped as the pair on 2026-12-07: `tiny` gains hovering dynamics
+# (+6.3 +- 3.7 over 32 videos), count on the motion prompts (+10.3 +- 4.4) and motion over 2
+# minutes, and leads its twin on hovering (+6.0 +- 5.4) (README, "Four chunks a clip").
 RECIPES["tiny-t4-cpu-own750-chain12"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain"], name="tiny-t4-cpu-own750-chain12", dit_clip_frames=12,
     window_frames=5)
