@@ -188,7 +188,10 @@ def test_the_chained_recipe_is_the_every_clip_recipe_with_chained_context():
     base, chain = RECIPES["tiny-t4-cpu-own750-all"], RECIPES["tiny-t4-cpu-own750-chain"]
     assert chain.own_context_chain and not base.own_context_chain
     assert replace(chain, name=base.name, own_context_chain=False) == base
-    # the only other chained recipe is the same round on 12-frame clips, keeping the 9-frame window
-    assert {name for name, r in RECIPES.items() if r.own_context_chain} == {chain.name, "tiny-t4-cpu-own750-chain12"}
-    longer = RECIPES["tiny-t4-cpu-own750-chain12"]
-    assert replace(longer, name=chain.name, dit_clip_frames=9, window_frames=0) == chain
+    # the only other chained recipes are the same round on 12- and 15-frame clips, keeping the
+    # 9-frame window
+    longer = ("tiny-t4-cpu-own750-chain12", "tiny-t4-cpu-own750-chain15")
+    assert {name for name, r in RECIPES.items() if r.own_context_chain} == {chain.name, *longer}
+    for name, frames in zip(longer, (12, 15)):
+        assert RECIPES[name].dit_clip_frames == frames and RECIPES[name].window_frames == 5
+        assert replace(RECIPES[name], name=chain.name, dit_clip_frames=9, window_frames=0) == chain

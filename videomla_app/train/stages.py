@@ -332,6 +332,14 @@ RECIPES["tiny-t4-cpu-own750-chain"] = replace(
 RECIPES["tiny-t4-cpu-own750-chain12"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain"], name="tiny-t4-cpu-own750-chain12", dit_clip_frames=12,
     window_frames=5)
+# The same on 15-frame clips (five chunks: the last reads four generations of its own slips), from
+# the four-chunk `tiny`: does a deeper chain keep the last hovering objects moving ("two large orange
+# balls hovering slowly on a beach" still stops now and then over 2 minutes)? 400 steps (2026-12-07,
+# 6.4 s per step, not shipped): no; over 96 videos count -5.7 +- 3.6, motion -1.7 +- 2.0, dynamics
+# -1.3 +- 1.2, hovering dynamics -2.7 +- 3.1 against the four-chunk `tiny` (README, "Five chunks a
+# clip").
+RECIPES["tiny-t4-cpu-own750-chain15"] = replace(
+    RECIPES["tiny-t4-cpu-own750-chain12"], name="tiny-t4-cpu-own750-chain15", dit_clip_frames=15)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
