@@ -62,7 +62,8 @@ ROUNDS = [("g2", "tiny-t4-cpu-g2", 987, 987), ("anchor", "tiny-t4-cpu-anchor", 1
           ("pairs", "tiny-t4-cpu-pairs", 802, 902), ("counts", "tiny-t4-cpu-counts", 643, 795),
           ("motions", "tiny-t4-cpu-motions", 553, 595), ("own750", "tiny-t4-cpu-own750", 574, 574),
           ("all", "tiny-t4-cpu-own750-all", 574, 574),
-          ("chain", "tiny-t4-cpu-own750-chain", 400, 400), ("chain12", "tiny-t4-cpu-own750-chain12", 400, 400)]
+          ("chain", "tiny-t4-cpu-own750-chain", 400, 400),
+          ("chain12", "tiny-t4-cpu-own750-chain12", 400, 400)]
 
 
 @pytest.fixture
@@ -159,8 +160,8 @@ def test_until_stops_after_a_round_and_bad_settings_are_one_line(env, tmp_path):
     assert r.returncode == 0, r.stderr
     assert [Path(c[c.index("--out") + 1]).name for c in _calls(env)] == ["g2", "g2", "anchor", "anchor"]
     r = _run(env, UNTIL="everything")
-    assert r.returncode == 2 and r.stderr.strip() == \
-        ("error: UNTIL=everything is not a round: use g2, anchor, pairs, counts, motions, own750, all, chain, "
-                               "chain12")
+    assert r.returncode == 2 and r.stderr.strip() == ("error: UNTIL=everything is not a round: use g2, "
+                                                      "anchor, pairs, counts, motions, own750, all, chain, "
+                                                      "chain12")
     r = _run(env, AE=str(tmp_path / "nope.safetensors"))
     assert r.returncode == 2 and r.stderr.strip() == f"error: no autoencoder at {tmp_path / 'nope.safetensors'}"
