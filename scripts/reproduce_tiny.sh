@@ -19,7 +19,7 @@
 #
 # Restarting: a stage whose weights exist is skipped, a stage with a checkpoint continues with
 # `--resume` (seeded per step, so bit for bit), and a stage with neither starts. Rounds whose recipes
-# render the same clips (size, frames, object weight, count) read one bank of 1,520 clips, rendered in
+# render the same clips (size, frames, object weight) read one bank of 1,520 clips, rendered in
 # the first such round's folder and hard-linked into the others: every round but the last shares the
 # first's 9-frame bank, and the last (12-frame clips) renders its own (a stage checks that a bank was
 # rendered for its clips, so a shared one of other clips would stop it). Each round renders its own
@@ -91,11 +91,12 @@ for pair in "tiny:$tiny" "tiny-mha:$mha"; do
   fi
 done
 
-# each recipe's bank: what its clips are rendered from (one Python start for the whole list)
-banks=$("$PYTHON" -c 'import sys; from videomla_app.train.stages import RECIPES
+# each recipe's bank: what its clips are rendered from, as its bank record says (bank.clip_settings;
+# one Python start for the whole list)
+banks=$("$PYTHON" -c 'import json, sys; from videomla_app.train.bank import clip_settings
+from videomla_app.train.stages import RECIPES
 for name in sys.argv[1:]:
-    r = RECIPES[name]
-    print(name, f"{r.frame_size}px-{r.dit_clip_frames}f-w{r.object_weight}-{r.bank_batches}b")' \
+    print(name, json.dumps(clip_settings(RECIPES[name]), separators=(",", ":"), sort_keys=True))' \
   $(awk 'NF {print $2}' <<< "$ROUNDS"))
 declare -A bank_dir  # bank key -> the first round's folder with that bank
 

@@ -142,10 +142,17 @@ def bank_record(recipe, ae, text_encoder, seed: int, pair_motions: tuple[str, ..
     for name, t in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return {"seed": seed, "render_batch": RENDER_BATCH, "frame_size": recipe.frame_size,
-            "clip_frames": recipe.dit_clip_frames, "object_weight": recipe.object_weight,
+    return {"seed": seed, "render_batch": RENDER_BATCH, **clip_settings(recipe),
             "pair_motions": list(pair_motions), "pair_counts": list(pair_counts),
             "text_encoder": type(text_encoder).__name__, "encoder": digest.hexdigest()[:16]}
+
+
+def clip_settings(recipe) -> dict:
+    """What a recipe's clips are rendered from, of all that a bank record holds: two recipes that
+    agree here (and read the same autoencoder) can share a bank, which is how
+    ``scripts/reproduce_tiny.sh`` decides which rounds hard-link one."""
+    return {"frame_size": recipe.frame_size, "clip_frames": recipe.dit_clip_frames,
+            "object_weight": recipe.object_weight}
 
 
 def _check_record(folder: Path, record: dict) -> None:
