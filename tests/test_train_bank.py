@@ -77,7 +77,9 @@ def test_a_bank_folder_refuses_a_stage_that_asks_for_other_clips(tmp_path, monke
         next(ae.dec.parameters()).add_(1.0)
     LatentBank(r, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
     for other, what in ((replace(r, dit_clip_frames=8), r"clip_frames 4 \(this stage: 8\)"),
-                        (replace(r, object_weight=0.0), r"object_weight 4.0 \(this stage: 0.0\)")):
+                        (replace(r, object_weight=0.0), r"object_weight 4.0 \(this stage: 0.0\)"),
+                        (replace(r, motion_weights=(("hovering", 1.0),)),
+                         r"motion_weights None \(this stage: \[\['hovering', 1.0\]\]\)")):
         with pytest.raises(CheckpointError, match=rf"bank holds clips rendered for other settings: {what}; "
                                                   r"delete it or train into another --out"):
             LatentBank(other, ae, text, tmp_path / "bank", batch=4, caption_dropout=0.0, quiet=True)
@@ -244,3 +246,19 @@ def test_train_twin_from_on_the_command_line(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "tiny-mha" in r.output and "tiny/" not in r.output, r.output
     assert (assets / "tiny" / "model.json").read_text() == "the shipped tiny"
     assert json.loads((assets / "tiny-mha" / "model.json").read_text())["preset"] == SMOKE.mha_preset
+
+
+def test_motion_weights_key_the_clips_bank_but_not_the_pairs_bank():
+    """The weights draw the independent clips' motions only, so a weighted round reads the contrast
+    pairs an unweighted round rendered (the hovering round links the four-chunk round's); and the
+    records of banks rendered before the weights existed still hold (no new key without weights)."""
+    from videomla_app.train.bank import bank_record, clip_settings
+
+    ae, text = build_autoencoder("ae-tiny", seed=0).eval(), ToyTextEncoder(32, 8)
+    base, hover = RECIPES["tiny-t4-cpu-own750-chain12"], RECIPES["tiny-t4-cpu-own750-hover"]
+    assert set(clip_settings(base)) == {"frame_size", "clip_frames", "object_weight"}
+    assert clip_settings(hover)["motion_weights"][-1] == ["hovering", 3.0]
+    assert clip_settings(hover, pairs=True) == clip_settings(base) == clip_settings(base, pairs=True)
+    pairs = (base.pair_motions, base.pair_counts)
+    assert bank_record(hover, ae, text, 1, *pairs) == bank_record(base, ae, text, 1, *pairs)
+    assert bank_record(hover, ae, text, 1) != bank_record(base, ae, text, 1)

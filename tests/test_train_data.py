@@ -172,3 +172,34 @@ def test_minilm_states_of_a_step_do_not_depend_on_the_steps_before():
     states = [through.batch(step)[1] for step in range(8)]  # [4, 16, 384] each
     for step in range(1, 8):  # every step after the first meets captions ("") earlier steps had
         assert torch.equal(LatentData(recipe, ae, enc, seed=0, batch=4).batch(step)[1], states[step]), step
+
+
+def test_motion_weights_draw_the_independent_clips_motions_and_nothing_else():
+    """``Recipe.motion_weights`` (the hovering round): a clip's motion comes from the weights, drawn
+    after the world's own draw, so its other attributes are those of the uniform clip."""
+    from videomla_app import world
+    from videomla_app.train.data import clip_batch
+
+    hover = (("hovering", 1.0),)
+    uniform, only = clip_batch(32, 5, 9, 8, 1), clip_batch(32, 5, 9, 8, 1, hover)
+    assert {world.parse_prompt(c)["motion"] for c in only[1]} == {"hovering"}
+    assert {world.parse_prompt(c)["motion"] for c in uniform[1]} != {"hovering"}
+    assert only[2][0] == uniform[2][0]  # the first clip's scene: the draws before the motion's
+    first_u, first_w = world.parse_prompt(uniform[1][0]), world.parse_prompt(only[1][0])
+    assert first_u.get("colour") == first_w.get("colour") and first_u.get("shape") == first_w.get("shape")
+    # three times the share of hovering: 3 of 9 clips, not 1 of 7
+    three = tuple((m, 3.0 if m == "hovering" else 1.0) for m in world.spec.MOTIONS)
+    drawn = [world.parse_prompt(c)["motion"] for s in range(40) for c in clip_batch(32, s, 9, 8, 1, three)[1]]
+    assert 0.27 < drawn.count("hovering") / len(drawn) < 0.40
+    none = (("left", 1.0), ("hovering", 0.0))
+    assert {world.parse_prompt(c)["motion"] for c in clip_batch(32, 1, 9, 8, 1, none)[1]} == {"left"}
+    assert render_batch(ClipRequest(32, 9, 8, 1, motion_weights=hover), 5).captions == only[1]
+
+
+@pytest.mark.parametrize("weights", [(("sideways", 1.0),), (("left", -1.0), ("up", 2.0)), (("left", 0.0),),
+                                     (("left", 1.0), ("left", 2.0))])
+def test_motion_weights_that_draw_nothing_sensible_are_refused(weights):
+    from videomla_app.train.data import clip_batch
+
+    with pytest.raises(ValueError, match="motion weights need distinct known motions and non-negative"):
+        clip_batch(32, 0, 0, 1, 1, weights)

@@ -142,17 +142,23 @@ def bank_record(recipe, ae, text_encoder, seed: int, pair_motions: tuple[str, ..
     for name, t in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return {"seed": seed, "render_batch": RENDER_BATCH, **clip_settings(recipe),
+    return {"seed": seed, "render_batch": RENDER_BATCH,
+            **clip_settings(recipe, pairs=bool(pair_motions or pair_counts)),
             "pair_motions": list(pair_motions), "pair_counts": list(pair_counts),
             "text_encoder": type(text_encoder).__name__, "encoder": digest.hexdigest()[:16]}
 
 
-def clip_settings(recipe) -> dict:
+def clip_settings(recipe, pairs: bool = False) -> dict:
     """What a recipe's clips are rendered from, of all that a bank record holds: two recipes that
     agree here (and read the same autoencoder) can share a bank, which is how
-    ``scripts/reproduce_tiny.sh`` decides which rounds hard-link one."""
-    return {"frame_size": recipe.frame_size, "clip_frames": recipe.dit_clip_frames,
-            "object_weight": recipe.object_weight}
+    ``scripts/reproduce_tiny.sh`` decides which rounds hard-link one. ``pairs``: of its contrast
+    pairs' bank, which the motion weights of the independent clips do not touch. The weights enter
+    only when a recipe sets them, so the records of banks rendered before they existed still hold."""
+    settings = {"frame_size": recipe.frame_size, "clip_frames": recipe.dit_clip_frames,
+                "object_weight": recipe.object_weight}
+    if recipe.motion_weights and not pairs:
+        settings["motion_weights"] = [[m, float(w)] for m, w in recipe.motion_weights]
+    return settings
 
 
 def _check_record(folder: Path, record: dict) -> None:

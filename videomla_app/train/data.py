@@ -21,26 +21,46 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import world
-from ..world.spec import COUNTS
+from ..world.spec import COUNTS, MOTIONS
 
 # Rendering starts anywhere in the first two minutes of a world's motion.
 START_RANGE = 16 * 120
 
 
 def clip_batch(frame_size: int, step: int, seed: int, batch: int, n_frames: int,
+               motion_weights: tuple[tuple[str, float], ...] = (),
                ) -> tuple[np.ndarray, list[str], list[str]]:
     """``batch`` world clips uint8 [B, F, S, S, 3], their captions and scenes, a pure function of
-    ``(seed, step)``."""
+    ``(seed, step)``. With ``motion_weights`` ((motion, weight) pairs) each clip's motion is drawn
+    from them instead of uniformly (:func:`weighted_motion`)."""
     rng = np.random.default_rng([seed, step, 0x51DE])
     clips, captions, scenes = [], [], []
     for _ in range(batch):
         spec = world.sample_spec(rng)
+        if motion_weights:
+            spec = replace(spec, motion=weighted_motion(rng, motion_weights))
         start = int(rng.integers(0, START_RANGE))
         clips.append(world.render(spec, start, start + n_frames, size=frame_size,
                                   seed=int(rng.integers(1 << 30))))
         captions.append(world.caption(spec, rng))
         scenes.append(spec.scene)
     return np.stack(clips), captions, scenes
+
+
+def weighted_motion(rng: np.random.Generator, motion_weights: tuple[tuple[str, float], ...]) -> str:
+    """One motion drawn with probability proportional to its weight (motions left out: never).
+
+    Why: the world draws its seven motions uniformly, so slow hovering, the motion whose objects
+    a model most easily lets stop (a few pixels of bob a second), is one clip in seven. A weight
+    asks for more of it without a second world. The draw comes after ``sample_spec``'s, so the
+    other attributes are the ones the uniform world would have drawn."""
+    names = [m for m, _ in motion_weights]
+    w = np.array([float(x) for _, x in motion_weights])
+    unknown = sorted(set(names) - set(MOTIONS))
+    if unknown or len(set(names)) != len(names) or not (w >= 0).all() or w.sum() <= 0:
+        raise ValueError(f"motion weights need distinct known motions and non-negative weights with a "
+                         f"positive sum, got {motion_weights!r}")
+    return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
 # The motion a contrast pair's second clip takes (:func:`pair_batch`): the opposite direction for a
@@ -134,6 +154,7 @@ class ClipRequest:
     cover_stride: int | None = None
     pair_motions: tuple[str, ...] = ()  # non-empty: batch / 2 contrast pairs (:func:`pair_batch`)
     pair_counts: tuple[int, ...] = ()  # counts those pairs may contrast too
+    motion_weights: tuple[tuple[str, float], ...] = ()  # independent clips' motions (:func:`clip_batch`)
 
     @property
     def paired(self) -> bool:
@@ -154,7 +175,8 @@ def render_batch(req: ClipRequest, step: int) -> ClipBatch:
         frames, captions, scenes = pair_batch(req.frame_size, step, req.seed, req.batch // 2, req.n_frames,
                                               req.pair_motions, req.pair_counts)
     else:
-        frames, captions, scenes = clip_batch(req.frame_size, step, req.seed, req.batch, req.n_frames)
+        frames, captions, scenes = clip_batch(req.frame_size, step, req.seed, req.batch, req.n_frames,
+                                              req.motion_weights)
     cover = coverage_map(frames, scenes, req.cover_stride) if req.cover_stride else None
     return ClipBatch(frames, captions, scenes, cover)
 

@@ -126,6 +126,9 @@ class Recipe:
     # Batches of clips the DiT stages render once into <run>/bank/ and draw every step from
     # (``bank.LatentBank``; 0: fresh clips every step): 2.5x the steps per hour on the 2-core CPU.
     bank_batches: int = 0
+    # (motion, weight) pairs the independent DiT clips draw their motion from (``data.weighted_motion``;
+    # empty: the world's uniform draw). Contrast pairs keep their own motions (``pair_motions``).
+    motion_weights: tuple[tuple[str, float], ...] = ()
     distill_guidance: float = 2.0  # the guidance scale stage 4 bakes in
     # How `train --budget-minutes` splits its time: each stage's share of the recipe's reference run
     # (its wall minutes), so a budget-sized run keeps roughly the recipe's balance between stages.
@@ -340,6 +343,16 @@ RECIPES["tiny-t4-cpu-own750-chain12"] = replace(
 # clip").
 RECIPES["tiny-t4-cpu-own750-chain15"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain12"], name="tiny-t4-cpu-own750-chain15", dit_clip_frames=15)
+# The four-chunk round with three times the share of hovering among the independent clips
+# (``motion_weights``: 3 of 9 instead of 1 of 7), from the shipped `tiny`: the last published-set gap
+# to the twin is one slow hovering prompt ("two large orange balls hovering slowly on a beach": balls
+# moving in 79 % of windows, the twin's 100 %), and a fifth chunk did not close it. Its own bank of
+# 960 clips (120 batches, ~10 minutes with `--workers 2`); the contrast pairs are the four-chunk
+# round's, unweighted.
+RECIPES["tiny-t4-cpu-own750-hover"] = replace(
+    RECIPES["tiny-t4-cpu-own750-chain12"], name="tiny-t4-cpu-own750-hover", bank_batches=120,
+    motion_weights=(("left", 1.0), ("right", 1.0), ("up", 1.0), ("down", 1.0), ("circling", 1.0),
+                    ("bouncing", 1.0), ("hovering", 3.0)))
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
@@ -416,7 +429,8 @@ class LatentData:
                  pair_counts: tuple[int, ...] = ()) -> None:
         stride = ae.spatial_stride if recipe.object_weight else None
         n_pix = pixel_frames(recipe.dit_clip_frames, ae.temporal_stride)  # Wan's 1 + s (f - 1)
-        req = ClipRequest(recipe.frame_size, seed, batch, n_pix, stride, pair_motions, pair_counts)
+        req = ClipRequest(recipe.frame_size, seed, batch, n_pix, stride, pair_motions, pair_counts,
+                          recipe.motion_weights)
         if req.paired and batch % 2:
             raise ValueError(f"contrast pairs need an even batch, got {batch}")
         self.recipe, self.ae, self.text, self.seed, self.n = recipe, ae.eval(), text_encoder, seed, batch
