@@ -348,7 +348,10 @@ RECIPES["tiny-t4-cpu-own750-chain15"] = replace(
 # to the twin is one slow hovering prompt ("two large orange balls hovering slowly on a beach": balls
 # moving in 79 % of windows, the twin's 100 %), and a fifth chunk did not close it. Its own bank of
 # 960 clips (120 batches, ~10 minutes with `--workers 2`); the contrast pairs are the four-chunk
-# round's, unweighted.
+# round's, unweighted. 200 steps (2026-12-07, not shipped): the beach balls moved in 91 % of windows
+# (79 before), but over 96 videos against the shipped `tiny` count stable -5.6 +- 2.1, motion -2.4 +-
+# 1.6, dynamics -1.7 +- 0.8, and the hovering sets' own dynamics -2.2 +- 1.2 (README, "Three times
+# the hovering clips").
 RECIPES["tiny-t4-cpu-own750-hover"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain12"], name="tiny-t4-cpu-own750-hover", bank_batches=120,
     motion_weights=(("left", 1.0), ("right", 1.0), ("up", 1.0), ("down", 1.0), ("circling", 1.0),
