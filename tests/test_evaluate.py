@@ -250,3 +250,28 @@ def test_cli_rejects_bad_options():
     assert r.output.strip() == "error: unknown dtype 'float64': use auto, float32, bfloat16 or float16"
     r = CliRunner().invoke(app, ["eval", "--seconds", "0"])
     assert "--seconds must be more than 0 and at most 3600, got 0" in r.output
+
+
+def test_cli_evaluates_the_prompts_of_a_file(tmp_path):
+    """--prompt-set FILE: the user's own prompts, one per line, comments and blank lines skipped;
+    a missing, empty or non-text file is refused in one line before any model runs."""
+    file = tmp_path / "orange.txt"
+    file.write_text("# one attribute at a time\ntwo large orange balls hovering slowly on a beach\n\n"
+                    "  two large red balls hovering slowly on a beach  \n")
+    path = tmp_path / "eval.json"
+    r = CliRunner().invoke(_cli(), ["eval", "--models", "test-mla", "--seconds", "2", "--prompt-set", str(file),
+                                    "--json", str(path)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(path.read_text())
+    assert report["prompts"] == ["two large orange balls hovering slowly on a beach",
+                                 "two large red balls hovering slowly on a beach"]
+    assert [p["prompt"] for p in report["results"]["test-mla"]["prompts"]] == report["prompts"]
+    empty, binary = tmp_path / "empty.txt", tmp_path / "binary.txt"
+    empty.write_text("# nothing yet\n\n")
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    for arg, message in ((str(tmp_path / "missing.txt"), "--prompt-set must be one of fixed, motions, hovering "
+                                                         "or a text file of prompts, one per line; got "),
+                         (str(empty), f"--prompt-set {empty} holds no prompts: write one per line"),
+                         (str(binary), f"--prompt-set {binary}: cannot read it as UTF-8 text")):
+        r = CliRunner().invoke(_cli(), ["eval", "--models", "test-mla", "--prompt-set", arg])
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output

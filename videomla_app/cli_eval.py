@@ -21,7 +21,8 @@ def eval_models(
                                                   f"{PER_MOTION} prompts per motion, to measure which motions "
                                                   f"a model follows; hovering: {HOVERING} hovering prompts "
                                                   "at random speeds (with --seed 1000: the README's), to "
-                                                  "measure whether their objects keep bobbing.")] = "fixed",
+                                                  "measure whether their objects keep bobbing; or a text "
+                                                  "file of your own prompts, one per line.")] = "fixed",
     prompts: Annotated[int | None, typer.Option(help="Use the first N prompts of the set (0: none).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
     repeats: Annotated[int, typer.Option(help="Videos per prompt, each with its own seed (seed + i + j x "
@@ -53,6 +54,7 @@ def eval_models(
       videomla eval --ranks --prompts 0               # only the rank analysis (seconds)
       videomla eval --seconds 30 --repeats 4          # 32 videos: half the error at the same cost
       videomla eval --prompt-set motions --seconds 8 --record   # which motions each model follows
+      videomla eval --prompt-set my_prompts.txt --seconds 60      # your own prompts, one per line
       videomla eval --words 64 --prompts 0            # which caption words each model uses (minutes)
     """
     from .eval_metrics import WINDOW_S
@@ -70,7 +72,7 @@ def eval_models(
             raise UsageError(str(e)) from None
     sets = {"fixed": PROMPTS, "motions": motion_prompts(), "hovering": hovering_prompts()}
     if prompt_set not in sets:
-        raise UsageError(f"--prompt-set must be one of {', '.join(sets)}, got {prompt_set!r}")
+        sets[prompt_set] = _prompts_file(prompt_set, tuple(sets))
     if record and prompt_set != "motions":
         raise UsageError("--record writes what --prompt-set motions measures: add --prompt-set motions")
     if record and prompts is not None:  # a part of the set would leave out whole motions
@@ -149,6 +151,25 @@ def eval_models(
                          + [f"{m} not started" for m in names if m not in report["results"]])
         err.print(f"interrupted: the report covers what finished ({done})", highlight=False)
         raise typer.Exit(130)
+
+
+def _prompts_file(path: str, named: tuple[str, ...]) -> tuple[str, ...]:
+    """--prompt-set FILE: its prompts, one per line (blank lines and lines starting with # skipped).
+
+    Why: a gap on one published prompt is found by varying it one attribute at a time (colour,
+    scene, size, ...), which the built-in sets cannot do."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--prompt-set must be one of {', '.join(named)} or a text file of prompts, one per "
+                         f"line; got {path!r}, which is neither")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--prompt-set {path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
+    prompts = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not prompts:
+        raise UsageError(f"--prompt-set {path} holds no prompts: write one per line (# starts a comment)")
+    return prompts
 
 
 def _word_use(names: list[str], clips: int, seed: int, device: str, dtype: str) -> tuple[dict, bool]:
