@@ -203,3 +203,5 @@ def test_motion_weights_that_draw_nothing_sensible_are_refused(weights):
 
     with pytest.raises(ValueError, match="motion weights need distinct known motions and non-negative"):
         clip_batch(32, 0, 0, 1, 1, weights)
+    with pytest.raises(ValueError, match="motion weights need distinct known motions"):
+        ClipRequest(32, 0, 1, 1, motion_weights=weights)  # a stage refuses them before any render

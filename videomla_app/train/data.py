@@ -33,6 +33,7 @@ def clip_batch(frame_size: int, step: int, seed: int, batch: int, n_frames: int,
     """``batch`` world clips uint8 [B, F, S, S, 3], their captions and scenes, a pure function of
     ``(seed, step)``. With ``motion_weights`` ((motion, weight) pairs) each clip's motion is drawn
     from them instead of uniformly (:func:`weighted_motion`)."""
+    check_motion_weights(motion_weights)
     rng = np.random.default_rng([seed, step, 0x51DE])
     clips, captions, scenes = [], [], []
     for _ in range(batch):
@@ -56,11 +57,17 @@ def weighted_motion(rng: np.random.Generator, motion_weights: tuple[tuple[str, f
     other attributes are the ones the uniform world would have drawn."""
     names = [m for m, _ in motion_weights]
     w = np.array([float(x) for _, x in motion_weights])
-    unknown = sorted(set(names) - set(MOTIONS))
-    if unknown or len(set(names)) != len(names) or not (w >= 0).all() or w.sum() <= 0:
+    return names[int(rng.choice(len(names), p=w / w.sum()))]
+
+
+def check_motion_weights(motion_weights: tuple[tuple[str, float], ...]) -> None:
+    """Refuse weights that draw nothing sensible (empty weights: the uniform world, fine)."""
+    names = [m for m, _ in motion_weights]
+    w = np.array([float(x) for _, x in motion_weights])
+    if motion_weights and (set(names) - set(MOTIONS) or len(set(names)) != len(names)
+                           or not (w >= 0).all() or w.sum() <= 0):
         raise ValueError(f"motion weights need distinct known motions and non-negative weights with a "
                          f"positive sum, got {motion_weights!r}")
-    return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
 # The motion a contrast pair's second clip takes (:func:`pair_batch`): the opposite direction for a
@@ -155,6 +162,9 @@ class ClipRequest:
     pair_motions: tuple[str, ...] = ()  # non-empty: batch / 2 contrast pairs (:func:`pair_batch`)
     pair_counts: tuple[int, ...] = ()  # counts those pairs may contrast too
     motion_weights: tuple[tuple[str, float], ...] = ()  # independent clips' motions (:func:`clip_batch`)
+
+    def __post_init__(self) -> None:
+        check_motion_weights(self.motion_weights)  # at the start of a stage, not in a render worker
 
     @property
     def paired(self) -> bool:
