@@ -13,7 +13,7 @@ from videomla_app.train.flow import flow_matching_loss, flow_prediction, teacher
 from videomla_app.train.loop import Trainer, TrainConfig, step_generator
 from videomla_app.train.own_context import OwnContext, own_frames
 from videomla_app.train.stages import RECIPES, train_dit
-from videomla_app.world.spec import MOTIONS
+from videomla_app.world.spec import COLOURS, MOTIONS
 from tests.helpers import toy_flow_clip
 
 P = get_preset("test-mla")  # chunks of 2 frames; sampler steps 1000 and 833 (warped)
@@ -192,11 +192,16 @@ def test_the_chained_recipe_is_the_every_clip_recipe_with_chained_context():
     # the only other chained recipes are the same round on 12- and 15-frame clips, keeping the
     # 9-frame window
     longer = ("tiny-t4-cpu-own750-chain12", "tiny-t4-cpu-own750-chain15")
-    hover = RECIPES["tiny-t4-cpu-own750-hover"]
-    assert {name for name, r in RECIPES.items() if r.own_context_chain} == {chain.name, *longer, hover.name}
+    hover, orange = RECIPES["tiny-t4-cpu-own750-hover"], RECIPES["tiny-t4-cpu-own750-orange"]
+    assert ({name for name, r in RECIPES.items() if r.own_context_chain}
+            == {chain.name, *longer, hover.name, orange.name})
     # and the 12-frame round with three times the hovering clips, in a bank of its own size
     assert dict(hover.motion_weights) == {**{m: 1.0 for m in MOTIONS}, "hovering": 3.0}
     assert replace(hover, name=longer[0], bank_batches=190, motion_weights=()) == RECIPES[longer[0]]
+    # and with orange three times, pink and yellow twice as often, motions uniform
+    assert dict(orange.colour_weights) == {**{c: 1.0 for c in COLOURS}, "orange": 3.0, "pink": 2.0,
+                                           "yellow": 2.0}
+    assert replace(orange, name=longer[0], bank_batches=190, colour_weights=()) == RECIPES[longer[0]]
     for name, frames in zip(longer, (12, 15)):
         assert RECIPES[name].dit_clip_frames == frames and RECIPES[name].window_frames == 5
         assert replace(RECIPES[name], name=chain.name, dit_clip_frames=9, window_frames=0) == chain

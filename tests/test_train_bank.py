@@ -262,3 +262,10 @@ def test_motion_weights_key_the_clips_bank_but_not_the_pairs_bank():
     pairs = (base.pair_motions, base.pair_counts)
     assert bank_record(hover, ae, text, 1, *pairs) == bank_record(base, ae, text, 1, *pairs)
     assert bank_record(hover, ae, text, 1) != bank_record(base, ae, text, 1)
+    # the colour weights the same way: the orange round reads the same pairs, not the same clips
+    orange = RECIPES["tiny-t4-cpu-own750-orange"]
+    assert clip_settings(orange)["colour_weights"][1] == ["orange", 3.0]
+    assert "motion_weights" not in clip_settings(orange)
+    assert clip_settings(orange, pairs=True) == clip_settings(base)
+    assert bank_record(orange, ae, text, 1, *pairs) == bank_record(base, ae, text, 1, *pairs)
+    assert bank_record(orange, ae, text, 1) != bank_record(base, ae, text, 1)

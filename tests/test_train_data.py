@@ -196,6 +196,45 @@ def test_motion_weights_draw_the_independent_clips_motions_and_nothing_else():
     assert render_batch(ClipRequest(32, 9, 8, 1, motion_weights=hover), 5).captions == only[1]
 
 
+def test_colour_weights_draw_the_independent_clips_colours_after_their_motions():
+    """``Recipe.colour_weights`` (the orange round): a clip's colour comes from the weights, drawn
+    after the world's draw and the motion weights' draw, so with no colour weights the motion-weighted
+    clips are unchanged and with them every other attribute is the uniform clip's."""
+    from videomla_app import world
+    from videomla_app.train.data import clip_batch
+    from videomla_app.train.stages import RECIPES
+
+    orange = (("orange", 1.0),)
+    uniform, only = clip_batch(32, 5, 9, 8, 1), clip_batch(32, 5, 9, 8, 1, (), orange)
+    assert {world.parse_prompt(c)["colour"] for c in only[1]} == {"orange"}
+    assert {world.parse_prompt(c)["colour"] for c in uniform[1]} != {"orange"}
+    assert only[2][0] == uniform[2][0]  # the first clip's scene: the draws before the colour's
+    first_u, first_w = world.parse_prompt(uniform[1][0]), world.parse_prompt(only[1][0])
+    assert first_u.get("motion") == first_w.get("motion") and first_u.get("shape") == first_w.get("shape")
+    # both weights: motion from one, colour from the other
+    both = clip_batch(32, 5, 9, 8, 1, (("hovering", 1.0),), orange)
+    assert {(world.parse_prompt(c)["motion"], world.parse_prompt(c)["colour"]) for c in both[1]} == {
+        ("hovering", "orange")}
+    # the orange round's weights: orange 3 of 11 clips, pink and yellow 2 of 11 each
+    weights = RECIPES["tiny-t4-cpu-own750-orange"].colour_weights
+    drawn = [world.parse_prompt(c)["colour"] for s in range(40)
+             for c in clip_batch(32, s, 9, 8, 1, (), weights)[1]]
+    assert 0.20 < drawn.count("orange") / len(drawn) < 0.35 and 0.12 < drawn.count("pink") / len(drawn) < 0.25
+    assert 0.04 < drawn.count("red") / len(drawn) < 0.15
+    assert render_batch(ClipRequest(32, 9, 8, 1, colour_weights=orange), 5).captions == only[1]
+
+
+@pytest.mark.parametrize("weights", [(("teal", 1.0),), (("red", -1.0), ("blue", 2.0)), (("red", 0.0),),
+                                     (("red", 1.0), ("red", 2.0)), (("hovering", 1.0),)])
+def test_colour_weights_that_draw_nothing_sensible_are_refused(weights):
+    from videomla_app.train.data import clip_batch
+
+    with pytest.raises(ValueError, match="colour weights need distinct known colours and non-negative"):
+        clip_batch(32, 0, 0, 1, 1, (), weights)
+    with pytest.raises(ValueError, match="colour weights need distinct known colours"):
+        ClipRequest(32, 0, 1, 1, colour_weights=weights)  # a stage refuses them before any render
+
+
 @pytest.mark.parametrize("weights", [(("sideways", 1.0),), (("left", -1.0), ("up", 2.0)), (("left", 0.0),),
                                      (("left", 1.0), ("left", 2.0))])
 def test_motion_weights_that_draw_nothing_sensible_are_refused(weights):

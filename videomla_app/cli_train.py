@@ -31,7 +31,8 @@ def train(
                                              "tiny-t4-cpu-own750-chain12 (that, on 12-frame clips; the "
                                              "shipped pair's last), tiny-t4-cpu-own750-chain15 (on 15-frame "
                                              "clips, not shipped), tiny-t4-cpu-own750-hover (three times the "
-                                             "hovering clips, not shipped) or smoke (seconds).")] = "tiny",
+                                             "hovering clips), tiny-t4-cpu-own750-orange (orange, pink and "
+                                             "yellow clips more often) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,

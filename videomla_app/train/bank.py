@@ -152,12 +152,13 @@ def clip_settings(recipe, pairs: bool = False) -> dict:
     """What a recipe's clips are rendered from, of all that a bank record holds: two recipes that
     agree here (and read the same autoencoder) can share a bank, which is how
     ``scripts/reproduce_tiny.sh`` decides which rounds hard-link one. ``pairs``: of its contrast
-    pairs' bank, which the motion weights of the independent clips do not touch. The weights enter
+    pairs' bank, which the motion and colour weights of the independent clips do not touch. The weights enter
     only when a recipe sets them, so the records of banks rendered before they existed still hold."""
     settings = {"frame_size": recipe.frame_size, "clip_frames": recipe.dit_clip_frames,
                 "object_weight": recipe.object_weight}
-    if recipe.motion_weights and not pairs:
-        settings["motion_weights"] = [[m, float(w)] for m, w in recipe.motion_weights]
+    for key in ("motion_weights", "colour_weights"):
+        if getattr(recipe, key) and not pairs:
+            settings[key] = [[v, float(w)] for v, w in getattr(recipe, key)]
     return settings
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import world
-from ..world.spec import COUNTS, MOTIONS
+from ..world.spec import COLOURS, COUNTS, MOTIONS
 
 # Rendering starts anywhere in the first two minutes of a world's motion.
 START_RANGE = 16 * 120
@@ -29,17 +29,21 @@ START_RANGE = 16 * 120
 
 def clip_batch(frame_size: int, step: int, seed: int, batch: int, n_frames: int,
                motion_weights: tuple[tuple[str, float], ...] = (),
+               colour_weights: tuple[tuple[str, float], ...] = (),
                ) -> tuple[np.ndarray, list[str], list[str]]:
     """``batch`` world clips uint8 [B, F, S, S, 3], their captions and scenes, a pure function of
-    ``(seed, step)``. With ``motion_weights`` ((motion, weight) pairs) each clip's motion is drawn
-    from them instead of uniformly (:func:`weighted_motion`)."""
-    check_motion_weights(motion_weights)
+    ``(seed, step)``. With ``motion_weights`` (``colour_weights``), (value, weight) pairs, each
+    clip's motion (colour) is drawn from them instead of uniformly (:func:`weighted_draw`)."""
+    check_weights("motion", motion_weights, MOTIONS)
+    check_weights("colour", colour_weights, COLOURS)
     rng = np.random.default_rng([seed, step, 0x51DE])
     clips, captions, scenes = [], [], []
     for _ in range(batch):
         spec = world.sample_spec(rng)
         if motion_weights:
-            spec = replace(spec, motion=weighted_motion(rng, motion_weights))
+            spec = replace(spec, motion=weighted_draw(rng, motion_weights))
+        if colour_weights:
+            spec = replace(spec, colour=weighted_draw(rng, colour_weights))
         start = int(rng.integers(0, START_RANGE))
         clips.append(world.render(spec, start, start + n_frames, size=frame_size,
                                   seed=int(rng.integers(1 << 30))))
@@ -48,26 +52,27 @@ def clip_batch(frame_size: int, step: int, seed: int, batch: int, n_frames: int,
     return np.stack(clips), captions, scenes
 
 
-def weighted_motion(rng: np.random.Generator, motion_weights: tuple[tuple[str, float], ...]) -> str:
-    """One motion drawn with probability proportional to its weight (motions left out: never).
+def weighted_draw(rng: np.random.Generator, weights: tuple[tuple[str, float], ...]) -> str:
+    """One value drawn with probability proportional to its weight (values left out: never).
 
-    Why: the world draws its seven motions uniformly, so slow hovering, the motion whose objects
-    a model most easily lets stop (a few pixels of bob a second), is one clip in seven. A weight
-    asks for more of it without a second world. The draw comes after ``sample_spec``'s, so the
-    other attributes are the ones the uniform world would have drawn."""
-    names = [m for m, _ in motion_weights]
-    w = np.array([float(x) for _, x in motion_weights])
+    Why: the world draws every attribute uniformly, so slow hovering, the motion whose objects a
+    model most easily lets stop (a few pixels of bob a second), is one clip in seven, and orange,
+    the colour whose hovering objects `tiny` lets stop most, one in seven of those. A weight asks
+    for more of a value without a second world. The draws come after ``sample_spec``'s (motion,
+    then colour), so the other attributes are the ones the uniform world would have drawn."""
+    names = [v for v, _ in weights]
+    w = np.array([float(x) for _, x in weights])
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
-def check_motion_weights(motion_weights: tuple[tuple[str, float], ...]) -> None:
+def check_weights(attribute: str, weights: tuple[tuple[str, float], ...], known: tuple) -> None:
     """Refuse weights that draw nothing sensible (empty weights: the uniform world, fine)."""
-    names = [m for m, _ in motion_weights]
-    w = np.array([float(x) for _, x in motion_weights])
-    if motion_weights and (set(names) - set(MOTIONS) or len(set(names)) != len(names)
-                           or not (w >= 0).all() or w.sum() <= 0):
-        raise ValueError(f"motion weights need distinct known motions and non-negative weights with a "
-                         f"positive sum, got {motion_weights!r}")
+    names = [v for v, _ in weights]
+    w = np.array([float(x) for _, x in weights])
+    if weights and (set(names) - set(known) or len(set(names)) != len(names)
+                    or not (w >= 0).all() or w.sum() <= 0):
+        raise ValueError(f"{attribute} weights need distinct known {attribute}s and non-negative weights "
+                         f"with a positive sum, got {weights!r}")
 
 
 # The motion a contrast pair's second clip takes (:func:`pair_batch`): the opposite direction for a
@@ -162,9 +167,12 @@ class ClipRequest:
     pair_motions: tuple[str, ...] = ()  # non-empty: batch / 2 contrast pairs (:func:`pair_batch`)
     pair_counts: tuple[int, ...] = ()  # counts those pairs may contrast too
     motion_weights: tuple[tuple[str, float], ...] = ()  # independent clips' motions (:func:`clip_batch`)
+    colour_weights: tuple[tuple[str, float], ...] = ()  # and their colours
 
     def __post_init__(self) -> None:
-        check_motion_weights(self.motion_weights)  # at the start of a stage, not in a render worker
+        # at the start of a stage, not in a render worker
+        check_weights("motion", self.motion_weights, MOTIONS)
+        check_weights("colour", self.colour_weights, COLOURS)
 
     @property
     def paired(self) -> bool:
@@ -186,7 +194,7 @@ def render_batch(req: ClipRequest, step: int) -> ClipBatch:
                                               req.pair_motions, req.pair_counts)
     else:
         frames, captions, scenes = clip_batch(req.frame_size, step, req.seed, req.batch, req.n_frames,
-                                              req.motion_weights)
+                                              req.motion_weights, req.colour_weights)
     cover = coverage_map(frames, scenes, req.cover_stride) if req.cover_stride else None
     return ClipBatch(frames, captions, scenes, cover)
 
