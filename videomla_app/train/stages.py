@@ -362,7 +362,10 @@ RECIPES["tiny-t4-cpu-own750-hover"] = replace(
 # weights on the colour, not the motion, the round asks for what the attribute ablation found
 # (orange hovering objects stop in `tiny` whatever the scene, speed, shape, size or count; pink -14,
 # yellow -7 against the twin) without the hover round's tilt towards one motion. Both models take
-# the same round, from the shipped pair, so their comparison stays like for like.
+# the same round, from the shipped pair, so their comparison stays like for like. 200 steps each
+# (2026-12-07, not shipped): on the published prompts x 4 seeds `tiny`'s beach balls moved as before
+# (84, 77, 98, 71 % of windows) and the pair was within 2 points only because this round's twin lost
+# the green triangle drifting right (dynamics 77, 36, 98, 82) (README, "Orange, pink and yellow clips").
 RECIPES["tiny-t4-cpu-own750-orange"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain12"], name="tiny-t4-cpu-own750-orange", bank_batches=120,
     colour_weights=(("red", 1.0), ("orange", 3.0), ("yellow", 2.0), ("green", 1.0), ("blue", 1.0),
