@@ -34,8 +34,7 @@ def clip_batch(frame_size: int, step: int, seed: int, batch: int, n_frames: int,
     """``batch`` world clips uint8 [B, F, S, S, 3], their captions and scenes, a pure function of
     ``(seed, step)``. With ``motion_weights`` (``colour_weights``), (value, weight) pairs, each
     clip's motion (colour) is drawn from them instead of uniformly (:func:`weighted_draw`)."""
-    check_weights("motion", motion_weights, MOTIONS)
-    check_weights("colour", colour_weights, COLOURS)
+    check_clip_weights(motion_weights, colour_weights)
     rng = np.random.default_rng([seed, step, 0x51DE])
     clips, captions, scenes = [], [], []
     for _ in range(batch):
@@ -73,6 +72,13 @@ def check_weights(attribute: str, weights: tuple[tuple[str, float], ...], known:
                     or not (w >= 0).all() or w.sum() <= 0):
         raise ValueError(f"{attribute} weights need distinct known {attribute}s and non-negative weights "
                          f"with a positive sum, got {weights!r}")
+
+
+def check_clip_weights(motion_weights: tuple[tuple[str, float], ...],
+                       colour_weights: tuple[tuple[str, float], ...]) -> None:
+    """Both of :func:`clip_batch`'s weights, against the world's motions and colours."""
+    check_weights("motion", motion_weights, MOTIONS)
+    check_weights("colour", colour_weights, COLOURS)
 
 
 # The motion a contrast pair's second clip takes (:func:`pair_batch`): the opposite direction for a
@@ -171,8 +177,7 @@ class ClipRequest:
 
     def __post_init__(self) -> None:
         # at the start of a stage, not in a render worker
-        check_weights("motion", self.motion_weights, MOTIONS)
-        check_weights("colour", self.colour_weights, COLOURS)
+        check_clip_weights(self.motion_weights, self.colour_weights)
 
     @property
     def paired(self) -> bool:
