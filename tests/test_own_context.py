@@ -204,4 +204,6 @@ def test_the_chained_recipe_is_the_every_clip_recipe_with_chained_context():
     assert replace(orange, name=longer[0], bank_batches=190, colour_weights=()) == RECIPES[longer[0]]
     for name, frames in zip(longer, (12, 15)):
         assert RECIPES[name].dit_clip_frames == frames and RECIPES[name].window_frames == 5
-        assert replace(RECIPES[name], name=chain.name, dit_clip_frames=9, window_frames=0) == chain
+        assert replace(RECIPES[name], name=chain.name, dit_clip_frames=9, window_frames=0,
+                       sample_guidance=0.0) == chain
+        assert RECIPES[name].sample_guidance == 1.5 and RECIPES[name].guidance == 2.0

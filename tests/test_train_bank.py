@@ -195,6 +195,11 @@ def test_stage_2_goes_on_from_given_mla_weights_and_ship_keeps_the_twin(tmp_path
     # the weights get the umask's permissions like model.json, not save_file's private 0600
     modes = {p.name: p.stat().st_mode & 0o777 for p in written}
     assert modes["model.safetensors"] == modes["model.json"] == new_file_mode, modes
+    # the sampling guidance, when a recipe sets one, is what model.json ships (not the training scale)
+    for recipe, shipped_g in ((replace(r, guidance=2.0), 2.0),
+                              (replace(r, guidance=2.0, sample_guidance=1.5), 1.5)):
+        ship(run, assets, recipe, text)
+        assert json.loads((assets / "tiny" / "model.json").read_text())["sampler"]["guidance"] == shipped_g
     # a run with its own autoencoder cannot leave the twin: it reads other latents
     build_autoencoder("ae-tiny", seed=1).save(run / "ae.safetensors")
     with pytest.raises(FileNotFoundError, match="can leave tiny-mha as shipped only when its ae.safetensors is"):

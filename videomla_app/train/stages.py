@@ -72,6 +72,9 @@ class Recipe:
     object_loss: float = 1.0
     caption_dropout: float = 0.0  # fraction of DiT clips trained on the empty prompt (for guidance)
     guidance: float = 1.0  # the shipped models' default guidance scale (model.json "sampler")
+    # The guidance model.json ships instead (0: ``guidance``). ``guidance`` is also the scale the
+    # own-context redraws train with, and the scale weights sample best at need not be that one.
+    sample_guidance: float = 0.0
     # Default warm-start timestep of the shipped MLA model and of its dense twin (model.json "sampler";
     # 0 = off). Per model: at 750 the MLA model keeps its adherence with steadier frames and 3 model
     # calls per chunk instead of 4, while the twin loses colour adherence (README, "Warm start").
@@ -337,9 +340,13 @@ RECIPES["tiny-t4-cpu-own750-chain"] = replace(
 # chained pair (2026-12-06 night), shipped as the pair on 2026-12-07: `tiny` gains hovering dynamics
 # (+6.3 +- 3.7 over 32 videos), count on the motion prompts (+10.3 +- 4.4) and motion over 2
 # minutes, and leads its twin on hovering (+6.0 +- 5.4) (README, "Four chunks a clip").
+# Both models ship sampling with guidance 1.5 (``sample_guidance``; the round trained its redraws at 2):
+# at 2 `tiny`'s slow orange beach balls stood still in about a fifth of the windows, the last gap to
+# its twin; at 1.5 they move in 91-100 % and, over 32 two-minute videos with both models at 1.5,
+# every metric is within 2 points of the twin or ahead (README, "Guidance 1.5").
 RECIPES["tiny-t4-cpu-own750-chain12"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain"], name="tiny-t4-cpu-own750-chain12", dit_clip_frames=12,
-    window_frames=5)
+    window_frames=5, sample_guidance=1.5)
 # The same on 15-frame clips (five chunks: the last reads four generations of its own slips), from
 # the four-chunk `tiny`: does a deeper chain keep the last hovering objects moving ("two large orange
 # balls hovering slowly on a beach" still stops now and then over 2 minutes)? 400 steps (2026-12-07,
