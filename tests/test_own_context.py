@@ -194,7 +194,7 @@ def test_the_chained_recipe_is_the_every_clip_recipe_with_chained_context():
     longer = ("tiny-t4-cpu-own750-chain12", "tiny-t4-cpu-own750-chain15")
     hover, orange = RECIPES["tiny-t4-cpu-own750-hover"], RECIPES["tiny-t4-cpu-own750-orange"]
     assert ({name for name, r in RECIPES.items() if r.own_context_chain}
-            == {chain.name, *longer, hover.name, orange.name, "tiny-t4-cpu-own750-teacher"})
+            == {chain.name, *longer, hover.name, orange.name})
     # and the 12-frame round with three times the hovering clips, in a bank of its own size
     assert dict(hover.motion_weights) == {**{m: 1.0 for m in MOTIONS}, "hovering": 3.0}
     assert replace(hover, name=longer[0], bank_batches=190, motion_weights=()) == RECIPES[longer[0]]

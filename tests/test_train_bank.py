@@ -274,7 +274,3 @@ def test_motion_weights_key_the_clips_bank_but_not_the_pairs_bank():
     assert clip_settings(orange, pairs=True) == clip_settings(base)
     assert bank_record(orange, ae, text, 1, *pairs) == bank_record(base, ae, text, 1, *pairs)
     assert bank_record(orange, ae, text, 1) != bank_record(base, ae, text, 1)
-    # the teacher round is the orange round's clips and pairs: it links that round's banks
-    taught = RECIPES["tiny-t4-cpu-own750-teacher"]
-    assert bank_record(taught, ae, text, 1) == bank_record(orange, ae, text, 1)
-    assert bank_record(taught, ae, text, 1, *pairs) == bank_record(orange, ae, text, 1, *pairs)

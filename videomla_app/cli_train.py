@@ -32,9 +32,7 @@ def train(
                                              "shipped pair's last), tiny-t4-cpu-own750-chain15 (on 15-frame "
                                              "clips, not shipped), tiny-t4-cpu-own750-hover (three times the "
                                              "hovering clips), tiny-t4-cpu-own750-orange (orange, pink and "
-                                             "yellow clips more often), tiny-t4-cpu-own750-teacher (that "
-                                             "with the dense twin as stage 2's teacher) or smoke "
-                                             "(seconds).")] = "tiny",
+                                             "yellow clips more often) or smoke (seconds).")] = "tiny",
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for checkpoints and weights.")] = Path("runs/tiny"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and checkpoint) after this long.")] = None,
@@ -58,9 +56,6 @@ def train(
     twin_from: Annotated[Path | None, typer.Option(
         help="twin: go on from these dense weights (e.g. assets/tiny-mha/model.safetensors) instead of the "
              "stage-1 weights.")] = None,
-    teacher_from: Annotated[Path | None, typer.Option(
-        help="mla with a teacher-led recipe (tiny-t4-cpu-own750-teacher): the dense weights it learns from "
-             "(default: the run's twin.safetensors, else its mha.safetensors).")] = None,
     ae_from: Annotated[Path | None, typer.Option(
         help="ae/all: start stage 0 from this autoencoder (restrided to the recipe's temporal stride).")] = None,
 ) -> None:
@@ -110,12 +105,10 @@ def train(
     # flag, its weights, the stages that use it (`all` starts stages 2 and 3 from stage 1: no --mla-from
     # or --twin-from)
     for flag, path, used_by in (("--mha-from", mha_from, ("mha", "all")), ("--ae-from", ae_from, ("ae", "all")),
-                                ("--mla-from", mla_from, ("mla",)), ("--twin-from", twin_from, ("twin",)),
-                                ("--teacher-from", teacher_from, ("mla", "all"))):
+                                ("--mla-from", mla_from, ("mla",)), ("--twin-from", twin_from, ("twin",))):
         if path is not None:
             if stage not in used_by:
-                verb = "is for" if flag == "--teacher-from" else "starts"
-                raise UsageError(f"{flag} {verb} stage {used_by[0]}; stage {stage} does not use it")
+                raise UsageError(f"{flag} starts stage {used_by[0]}; stage {stage} does not use it")
             if not path.is_file():
                 raise UsageError(f"{flag} {path}: no such file")
     overrides = {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
@@ -247,8 +240,7 @@ def train(
             if text is None:  # loaded once, by the first stage that trains
                 text = recipe_text_encoder(r, dev)
             _, trainer = train_dit(s, r, out_dir, ae, text, resume, left(), workers=workers, fit_until=until,
-                                   mha_from=mha_from, mla_from=mla_from, twin_from=twin_from,
-                                   teacher_from=teacher_from)
+                                   mha_from=mha_from, mla_from=mla_from, twin_from=twin_from)
             if not weights(s).exists():
                 return unfinished(f"stopped in stage {s} at step {trainer.step}")
     except CheckpointError as e:

@@ -106,8 +106,7 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
                        weight: torch.Tensor | None = None, full_context: float = 0.0,
                        frame_noise: float = 0.0, anchor_first: float = 0.0,
                        first_chunk_weight: float = 1.0, pairs: int = 0,
-                       context: ContextFn | None = None, teacher: CausalDiT | None = None,
-                       teacher_share: float = 0.0) -> torch.Tensor:
+                       context: ContextFn | None = None) -> torch.Tensor:
     """x0: clean latents [B, F, C, h, w]; text: token states [B, L, text_dim]; weight: optional
     per-element loss weight broadcastable to x0 (e.g. [B, F, 1, h, w]), normalised so the loss
     stays a weighted mean; full_context / frame_noise / anchor_first: fractions of clips whose
@@ -115,11 +114,9 @@ def flow_matching_loss(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, c
     level each (:func:`frame_timesteps`) / whose first frame is nearly clean
     (:func:`anchored_timesteps`); first_chunk_weight: see :func:`first_chunk_weights`; pairs: the
     batch's last ``pairs`` clip pairs share their noise (:func:`share_pairs`); context: what the
-    chunks read as context instead of ``x0`` (:func:`flow_prediction`); teacher / teacher_share: the
-    target is partly a frozen model's prediction (:func:`flow_prediction`). Returns a scalar."""
+    chunks read as context instead of ``x0`` (:func:`flow_prediction`). Returns a scalar."""
     pred, target, scored = flow_prediction(model, x0, text, cache, sampler_cfg, gen, context_noise_max,
-                                           full_context, frame_noise, anchor_first, pairs, context,
-                                           teacher, teacher_share)
+                                           full_context, frame_noise, anchor_first, pairs, context)
     return weighted_mse(pred, target, frame_weight(weight, scored, cache.chunk_frames, first_chunk_weight))
 
 
@@ -155,16 +152,13 @@ def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cach
                     sampler_cfg: SamplerConfig, gen: torch.Generator, context_noise_max: float = 50.0,
                     full_context: float = 0.0, frame_noise: float = 0.0,
                     anchor_first: float = 0.0, pairs: int = 0, context: ContextFn | None = None,
-                    teacher: CausalDiT | None = None, teacher_share: float = 0.0,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The predicted and the true flow [B, F, C, h, w] of one teacher-forcing draw (the loss's
     inputs; the noise levels and noise are drawn from ``gen``, so a seed repeats the draw), and
     which frames are scored [B, F] (all but anchored first frames). ``pairs``: the last ``pairs``
     clip pairs get one draw each (:func:`share_pairs`). ``context(model, x0, text, gen)``: the clean
     frames [B, F, C, h, w] the chunks read as context instead of ``x0`` (the model's own frames,
-    ``own_context.OwnContext``), called after every other draw; the targets stay ``x0``'s.
-    ``teacher``: a frozen model (e.g. the dense twin) whose prediction on the same input makes up
-    ``teacher_share`` of the target (:func:`teacher_target`); no draws, so the noise is the same."""
+    ``own_context.OwnContext``), called after every other draw; the targets stay ``x0``'s."""
     sampler = FlowSampler(sampler_cfg)
     B, n = x0.shape[:2]
     dev = x0.device
@@ -186,33 +180,9 @@ def flow_prediction(model: CausalDiT, x0: torch.Tensor, text: torch.Tensor, cach
     seen = x0 if context is None else context(model, x0, text, gen)  # [B, F, C, h, w]
     x_ctx = sampler.add_noise(seen, eps_ctx, t_ctx[per_frame])
     inputs = teacher_forcing_inputs(model, n, cache)
-    x_in, t_in = torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1)  # [B, 2F, C, h, w], [B, 2F]
-    pred = model.forward_train(x_in, t_in, text, cache, inputs, teacher_forcing=True)[:, n:]  # the noisy half
-    target = sampler.flow_target(x0, eps)  # [B, F, C, h, w]
-    if teacher is not None and teacher_share:
-        target = teacher_target(teacher, x_in, t_in, text, cache, target, teacher_share)
-    return pred, target, ~anchored
-
-
-def teacher_target(teacher: CausalDiT, x_in: torch.Tensor, t_in: torch.Tensor, text: torch.Tensor,
-                   cache: CacheConfig, target: torch.Tensor, share: float) -> torch.Tensor:
-    """The flow target [B, F, C, h, w] with ``share`` of it replaced by a frozen teacher's prediction on
-    the same teacher-forcing input ``x_in`` [B, 2F, C, h, w] at levels ``t_in`` [B, 2F].
-
-    Why: the true flow ``eps - x0`` is one noisy draw around what a model should predict; the dense
-    twin's prediction is that expectation as the twin learnt it. The squared error to the blend
-    ``(1 - s) f + s T`` has the gradient of ``(1 - s)`` times the error to ``f`` plus ``s`` times the
-    error to ``T``, so the MLA model still learns from the data and, with far less noise, from what
-    the twin does where it does better (keeping a slow orange object bobbing; README, "The twin as
-    teacher")."""
-    if not 0.0 < share <= 1.0:
-        raise ValueError(f"teacher share must be in (0, 1], got {share:g}")
-    n = target.shape[1]
-    with torch.no_grad():
-        inputs = teacher_forcing_inputs(teacher, n, cache)
-        guess = teacher.forward_train(x_in, t_in, text, cache, inputs,
-                                      teacher_forcing=True)[:, n:]  # [B, F, C, h, w]
-    return torch.lerp(target, guess.to(target), share)
+    pred = model.forward_train(torch.cat([x_ctx, x_t], 1), torch.cat([t_ctx, t], 1), text, cache, inputs,
+                               teacher_forcing=True)[:, n:]  # the noisy half
+    return pred, sampler.flow_target(x0, eps), ~anchored
 
 
 def share_pairs(x: torch.Tensor, pairs: int) -> torch.Tensor:

@@ -116,10 +116,6 @@ class Recipe:
     # ``chain``) instead of the true ones: a video's slips compound chunk by chunk, and a hovering
     # object's bob shrinks to a standstill within seconds, more in `tiny` than in its twin.
     own_context_chain: bool = False
-    # Share of stage 2's flow target that is the dense model's prediction on the same input
-    # (``flow.teacher_target``; 0: the data alone). The teacher is ``train mla --teacher-from`` or the
-    # run's twin.safetensors, else its mha.safetensors (the weights stage 2 was converted from).
-    twin_teacher: float = 0.0
     distill_train: TrainConfig | None = None  # stage 4 (guidance distillation); None: no stage 4
     # Contrast pairs (``data.pair_batch``): the last 2 x ``pairs_per_step`` clips of each DiT batch
     # are pairs from ``pair_bank_batches`` banked batches of pairs whose first motion is one of
@@ -381,13 +377,6 @@ RECIPES["tiny-t4-cpu-own750-orange"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain12"], name="tiny-t4-cpu-own750-orange", bank_batches=120,
     colour_weights=(("red", 1.0), ("orange", 3.0), ("yellow", 2.0), ("green", 1.0), ("blue", 1.0),
                     ("purple", 1.0), ("pink", 2.0)))
-# The orange round with the shipped dense twin as stage 2's teacher (``twin_teacher``: three quarters
-# of the flow target is the twin's prediction on the same input, ``flow.teacher_target``), on the same
-# bank, seed and steps, from the shipped `tiny`: every data round so far trained both models alike
-# and left `tiny`'s slow orange objects stopping where the twin's bob; here `tiny` learns what the
-# twin does on its own redrawn context, and the twin is not trained (README, "The twin as teacher").
-RECIPES["tiny-t4-cpu-own750-teacher"] = replace(
-    RECIPES["tiny-t4-cpu-own750-orange"], name="tiny-t4-cpu-own750-teacher", twin_teacher=0.75)
 RECIPES["smoke-t4"] = replace(RECIPES["smoke"], name="smoke-t4", ae="ae-tiny-t4", ae_frozen_encoder=True,
                               ae_clip_frames=9, dit_clip_frames=4, context_noise=25.0)
 
@@ -515,7 +504,7 @@ class StartWeightsError(ValueError):
 def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, resume: bool = False,
               max_minutes: float | None = None, quiet: bool = False, init: str = "spectral", workers: int = 0,
               fit_until: float | None = None, mha_from: Path | None = None, mla_from: Path | None = None,
-              twin_from: Path | None = None, teacher_from: Path | None = None):
+              twin_from: Path | None = None):
     """Stage 1 (``kind='mha'``), stage 2 (``'mla'``, initialised from the stage-1 weights), stage 3
     (``'twin'``: the stage-1 weights fine-tuned with stage 2's schedule and data) or stage 4
     (``'mla-cfg'``/``'twin-cfg'``: guidance distillation of stage 2/3). ``fit_until``: a
@@ -527,9 +516,7 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
     ``mla_from``: stage 2 goes on from these MLA weights (e.g. the shipped `tiny`) instead of
     converting the stage-1 weights, so a CPU run can add steps to a GPU run's stage 2.
     ``twin_from``: stage 3 goes on from these dense weights (e.g. the shipped `tiny-mha`) instead of
-    the stage-1 weights, so the twin can get the same added steps and the pair stay comparable.
-    ``teacher_from``: the dense weights stage 2 learns from when the recipe has ``twin_teacher``
-    (default: the run's twin.safetensors, else its mha.safetensors)."""
+    the stage-1 weights, so the twin can get the same added steps and the pair stay comparable."""
     limits = (max_minutes, fit_until)
     cfg = stage_config(recipe, kind)
     preset = dit_preset(recipe, kind, ae, text_encoder)
@@ -553,9 +540,6 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
         dense = build_model(dit_preset(recipe, "mha", ae, text_encoder).model)
         dense.load_state_dict(_weights(out / "mha.safetensors"))
         model = convert_model(dense, preset.model, init, cfg.seed)
-    teacher = None  # before the data: a missing teacher is refused before any clip is rendered
-    if kind == "mla" and recipe.twin_teacher:
-        teacher = _teacher(recipe, out, ae, text_encoder, teacher_from)
     data = _data(recipe, out, ae, text_encoder, cfg, workers, recipe.caption_dropout, quiet)
     context = None
     if recipe.own_context:
@@ -564,7 +548,6 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
         context = OwnContext(preset, text_encoder.encode([""]).to(ae.device), recipe.own_context,
                              recipe.own_context_start, recipe.guidance, data.pairs, recipe.own_context_chain)
 
-
     def loss(m, step, gen):
         x0, text, weight = data.batch(step)
         return flow_matching_loss(m, x0, text, preset.cache, preset.sampler, gen,
@@ -572,30 +555,9 @@ def train_dit(kind: str, recipe: Recipe, out: Path, ae: CausalVideoAE, text_enco
                                   full_context=recipe.full_context_noise, frame_noise=recipe.frame_noise,
                                   anchor_first=recipe.anchor_first,
                                   first_chunk_weight=recipe.first_chunk_weight, pairs=data.pairs,
-                                  context=context, teacher=teacher, teacher_share=recipe.twin_teacher)
+                                  context=context)
 
     return _run(kind, model.to(ae.device), cfg, out, loss, resume, limits, quiet, data, start)
-
-
-def teacher_path(out: Path, teacher_from: Path | None) -> Path:
-    """The dense weights a teacher-led stage 2 learns from: ``--teacher-from``, else the run's twin,
-    else its stage-1 weights (the ones stage 2 is converted from)."""
-    if teacher_from is not None:
-        return teacher_from
-    twin = out / "twin.safetensors"
-    return twin if twin.is_file() else out / "mha.safetensors"
-
-
-def _teacher(recipe: Recipe, out: Path, ae: CausalVideoAE, text_encoder, teacher_from: Path | None):
-    """The frozen dense teacher of stage 2 (``Recipe.twin_teacher``), on the autoencoder's device."""
-    path = teacher_path(out, teacher_from)
-    if not path.is_file():
-        raise StartWeightsError(f"recipe {recipe.name!r} learns stage 2 from a dense teacher: give its "
-                                "weights with --teacher-from (e.g. assets/tiny-mha/model.safetensors); "
-                                f"{path} does not exist")
-    teacher = build_model(dit_preset(recipe, "mha", ae, text_encoder).model)
-    _load_start(teacher, path, "--teacher-from")
-    return teacher.to(ae.device).requires_grad_(False).eval()
 
 
 def _scaled(weight: torch.Tensor | None, share: float) -> torch.Tensor | None:
