@@ -64,7 +64,7 @@ def test_shipped_weights_are_bf16_small_and_cache_compressed(name, pipes):
     assert spec["train"]["seed"] == 1  # the every-clip round's draws (recipe tiny-t4-cpu-own750-r2)
     assert spec["train"]["steps"] == 400  # --steps, as both chained rounds ran
     # sampled at guidance 1.5, what the recipe ships (its redraws trained at 2): at 2 `tiny`'s slow orange
-    # objects stop (README, "Guidance 1.5")
+    # objects stop (README, "Guidance 1.5 for both models")
     assert spec["sampler"]["guidance"] == 1.5 == pipes[name].preset.sampler.guidance
     assert recipe.sample_guidance == 1.5 and recipe.guidance == 2.0
     pipe = pipes[name]

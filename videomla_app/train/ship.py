@@ -144,7 +144,8 @@ def _write_all(run_dir: Path, out: Path, recipe: Recipe, text_encoder, kept: lis
                 "text_len": text_encoder.text_len, "ae": "ae.safetensors",
                 "text_encoder": "toy" if type(text_encoder).__name__ == "ToyTextEncoder" else "all-MiniLM-L6-v2",
                 "recipe": recipe.name,
-                "sampler": {"guidance": recipe.sample_guidance or recipe.guidance, "warm_start": getattr(recipe, warm_field),
+                "sampler": {"guidance": recipe.sample_guidance or recipe.guidance,
+                            "warm_start": getattr(recipe, warm_field),
                             "context_noise": recipe.context_noise,
                             **({"anchor_first": True} if recipe.anchor_first else {}),
                             **({"first_steps": list(step_list(recipe.first_steps, "first_steps"))}

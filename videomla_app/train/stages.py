@@ -71,7 +71,7 @@ class Recipe:
     # count fell by about one (README, "The object weight and the count").
     object_loss: float = 1.0
     caption_dropout: float = 0.0  # fraction of DiT clips trained on the empty prompt (for guidance)
-    guidance: float = 1.0  # the shipped models' default guidance scale (model.json "sampler")
+    guidance: float = 1.0  # guidance of the own-context redraws, and model.json's unless sample_guidance
     # The guidance model.json ships instead (0: ``guidance``). ``guidance`` is also the scale the
     # own-context redraws train with, and the scale weights sample best at need not be that one.
     sample_guidance: float = 0.0
@@ -339,7 +339,7 @@ RECIPES["tiny-t4-cpu-own750-chain"] = replace(
 # Both models ship sampling with guidance 1.5 (``sample_guidance``; the round trained its redraws at 2):
 # at 2 `tiny`'s slow orange beach balls stood still in about a fifth of the windows, the last gap to
 # its twin; at 1.5 they move in 91-100 % and, over 32 two-minute videos with both models at 1.5,
-# every metric is within 2 points of the twin or ahead (README, "Guidance 1.5").
+# every metric is within 2 points of the twin or ahead (README, "Guidance 1.5 for both models").
 RECIPES["tiny-t4-cpu-own750-chain12"] = replace(
     RECIPES["tiny-t4-cpu-own750-chain"], name="tiny-t4-cpu-own750-chain12", dit_clip_frames=12,
     window_frames=5, sample_guidance=1.5)
