@@ -72,8 +72,8 @@ class Recipe:
     object_loss: float = 1.0
     caption_dropout: float = 0.0  # fraction of DiT clips trained on the empty prompt (for guidance)
     guidance: float = 1.0  # guidance of the own-context redraws, and model.json's unless sample_guidance
-    # The guidance model.json ships instead (0: ``guidance``). ``guidance`` is also the scale the
-    # own-context redraws train with, and the scale weights sample best at need not be that one.
+    # The guidance model.json ships instead (0: ``guidance``): the scale weights sample best at need not
+    # be the one their redraws trained with.
     sample_guidance: float = 0.0
     # Default warm-start timestep of the shipped MLA model and of its dense twin (model.json "sampler";
     # 0 = off). Per model: at 750 the MLA model keeps its adherence with steadier frames and 3 model
